@@ -1,0 +1,87 @@
+"""Command-line interface: ``python -m odinw_bench <command> ...``.
+
+Each subcommand lives in ``odinw_bench/commands/<name>.py`` and exposes ``HELP`` (one line), ``EPILOG``
+(runnable examples), ``add_arguments(parser)`` and ``run(args) -> int``. Command modules import only the
+standard library at module level, so ``--help`` stays fast; heavy packages are imported inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Sequence
+
+from odinw_bench import __version__
+from odinw_bench.errors import UserError
+
+# Order shown in --help. Plain data: the modules are imported when the parser is built, never at package import.
+COMMANDS: tuple[str, ...] = ("tasks", "validate", "download", "evaluate", "report", "demo")
+
+EPILOG = """\
+examples:
+  python -m odinw_bench tasks --suite odinw13                 # list the 13 ODinW tasks
+  python -m odinw_bench tasks --data-root DATASET/odinw        # ... with image/box counts per split
+  python -m odinw_bench download --suite odinw13 --data-root DATASET/odinw
+  python -m odinw_bench validate --task aquarium --data-root DATASET/odinw
+  python -m odinw_bench evaluate --task aquarium --split test --predictions preds.json
+  python -m odinw_bench report results/runs --out results/leaderboard
+  python -m odinw_bench demo                                   # offline demo on built-in synthetic data
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m odinw_bench",
+        description="Few-shot and prompt-tuning benchmark for grounded detectors (GLIP) on ODinW.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"odinw_bench {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        if importlib.util.find_spec(f"odinw_bench.commands.{name}") is None:  # TEMP during bring-up
+            continue
+        module = importlib.import_module(f"odinw_bench.commands.{name}")
+        cmd = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.HELP,
+            epilog=getattr(module, "EPILOG", None),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command.
+
+    Returns:
+        The process exit code: 0 on success, 2 for a :class:`UserError` (bad input), 1 otherwise.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

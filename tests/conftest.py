@@ -1,0 +1,70 @@
+"""Shared pytest fixtures.
+
+``glip_reference`` is the one way tests read the golden outputs of the official GLIP code in
+``../shared/glip_reference`` (or ``$ODINW_GLIP_REFERENCE``). The folder is read in place, never copied into
+the repo; where it is absent the tests that need it skip with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reference_dir() -> Path:
+    env = os.environ.get("ODINW_GLIP_REFERENCE")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "glip_reference"
+
+
+@dataclass
+class GlipReference:
+    """Lazy access to the golden files (tensors are loaded on first use)."""
+
+    root: Path
+
+    @cached_property
+    def meta(self) -> dict:
+        return json.loads((self.root / "meta.json").read_text())
+
+    @cached_property
+    def inputs(self) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.root / "inputs.safetensors"))
+
+    @cached_property
+    def outputs(self) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.root / "outputs.safetensors"))
+
+    @cached_property
+    def state_dict(self) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.root / "state_dict.safetensors"))
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    def json(self, name: str) -> dict:
+        return json.loads((self.root / name).read_text())
+
+
+@pytest.fixture(scope="session")
+def glip_reference() -> GlipReference:
+    """Golden outputs of the official GLIP code; skips with a clear reason when the folder is absent."""
+    root = _reference_dir()
+    if not (root / "meta.json").is_file():
+        pytest.skip(
+            f"GLIP golden reference not found at {root} (set ODINW_GLIP_REFERENCE to the glip_reference folder)"
+        )
+    return GlipReference(root)
