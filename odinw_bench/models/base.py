@@ -1,0 +1,121 @@
+"""The backend contract every detector implements, and the (lazy) table of backends.
+
+A backend hides its own text mechanics: GLIP builds one caption and maps token spans to categories; another
+model may pass one query per category. The harness only ever sees category *indices* into the task's category
+list, boxes in original-image pixels, and named parameter groups.
+
+Example:
+    >>> backend = load_backend("glip").from_preset("glip-micro")      # doctest: +SKIP
+    >>> backend.set_vocabulary(["apple", "banana"])                     # doctest: +SKIP
+    >>> dets = backend.predict_images([pil_image])                      # doctest: +SKIP
+    >>> dets[0].boxes.shape, dets[0].labels                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from odinw_bench.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+    from odinw_bench.task_spec import PromptSpec
+
+# Name -> "module:Class". Strings, so importing this module never imports a backend's dependencies.
+BACKENDS: dict[str, str] = {
+    "glip": "odinw_bench.models.glip.backend:GLIPBackend",
+}
+
+
+@dataclass
+class Detections:
+    """Detections of one image.
+
+    Attributes:
+        boxes: (N, 4) float xyxy in pixels of the *original* image.
+        scores: (N,) float, sorted or not; no threshold beyond the model's own applied.
+        labels: (N,) int64 indices into the vocabulary given to ``set_vocabulary`` (0-based).
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class DetectionBatch:
+    """A preprocessed batch as the backend's ``preprocess`` builds it.
+
+    Attributes:
+        images: (B, 3, Hp, Wp) normalised, padded images.
+        image_sizes: Resized (h, w) of each image before padding.
+        original_sizes: Original (h, w) of each image.
+        targets: Per image, ``{"boxes": (G, 4) xyxy in resized pixels, "labels": (G,) 0-based}``; None for inference.
+        image_ids: Dataset image ids, carried through for evaluation.
+    """
+
+    images: torch.Tensor
+    image_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+    targets: list[dict[str, torch.Tensor]] | None = None
+    image_ids: list[int] = field(default_factory=list)
+
+    def to(self, device: Any) -> DetectionBatch:
+        """Move tensors to ``device``."""
+        targets = None
+        if self.targets is not None:
+            targets = [{k: v.to(device) for k, v in t.items()} for t in self.targets]
+        return DetectionBatch(self.images.to(device), self.image_sizes, self.original_sizes, targets, self.image_ids)
+
+
+class DetectorBackend(ABC):
+    """What the harness needs from a grounded detector (mixed into a ``torch.nn.Module``)."""
+
+    name: str = "backend"
+
+    @abstractmethod
+    def set_vocabulary(self, categories: Sequence[str], prompt: PromptSpec | None = None) -> None:
+        """Fix the categories (in label order) and how they become text."""
+
+    @abstractmethod
+    def preprocess(self, images: Sequence[Image.Image], targets: Sequence[dict] | None = None,
+                   train: bool = False) -> DetectionBatch:
+        """Turn RGB images (and targets with xyxy original-pixel boxes, 0-based labels) into a batch."""
+
+    @abstractmethod
+    def predict(self, batch: DetectionBatch) -> list[Detections]:
+        """Detections per image (no autograd), boxes in original-image pixels."""
+
+    @abstractmethod
+    def compute_losses(self, batch: DetectionBatch) -> dict[str, torch.Tensor]:
+        """Training losses for a batch with targets; each value a scalar tensor."""
+
+    @abstractmethod
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Named groups of parameter names (e.g. ``backbone``, ``language``, ``fusion``, ``head``, ``prompt``)."""
+
+    def enable_prompt_tuning(self) -> None:
+        """Add the backend's prompt-tuning parameters (default: unsupported)."""
+        raise UserError(f"backend '{self.name}' does not support prompt tuning")
+
+
+def load_backend(name: str) -> type:
+    """Import and return the backend class registered under ``name``.
+
+    Raises:
+        UserError: For an unknown name, with the closest known names.
+    """
+    import difflib
+
+    if name not in BACKENDS:
+        close = difflib.get_close_matches(name, BACKENDS, n=3)
+        hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+        raise UserError(f"unknown backend '{name}'{hint}; known: {', '.join(sorted(BACKENDS))}", field="backend")
+    module_name, _, attr = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module_name), attr)
