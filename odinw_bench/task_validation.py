@@ -1,0 +1,214 @@
+"""Checks of a task against its files on disk: folders, annotation JSONs, categories, few-shot files, prompts.
+
+Used by ``python -m odinw_bench validate`` and ``tasks --data-root``. Example::
+
+    from odinw_bench.tasks import load_task, resolve_data_root
+    from odinw_bench.task_validation import validate_task
+
+    aquarium = load_task("aquarium")
+    report = validate_task(aquarium, resolve_data_root(aquarium, "DATASET/odinw"))
+    print(report.ok, [c.name for c in report.checks if not c.ok])
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from odinw_bench.data.coco import read_json, resolve_ann_file
+from odinw_bench.errors import UserError
+from odinw_bench.task_spec import TaskSpec
+from odinw_bench.tasks import FEWSHOT_SEEDS, FEWSHOT_SHOTS
+
+logger = logging.getLogger(__name__)
+
+
+def read_coco(path: str | Path) -> tuple[list, list, list]:
+    """``(images, annotations, categories)`` of a COCO detection JSON, read with the standard library.
+
+    Raises:
+        UserError: If the file is unreadable, malformed (line and column given) or lacks those lists.
+    """
+    data = read_json(path)
+    lists = [data.get(key) for key in ("images", "annotations", "categories")]
+    if not all(isinstance(x, list) and all(isinstance(i, dict) for i in x) for x in lists):
+        message = "not a COCO detection file: needs lists of objects 'images', 'annotations', 'categories'"
+        raise UserError(message, path=path)
+    return lists[0], lists[1], lists[2]
+
+
+def split_counts(task: TaskSpec, data_root: str | Path) -> dict[str, dict[str, Any] | None]:
+    """Image and box counts per split, from the annotation JSONs (no image is opened).
+
+    Returns:
+        ``{split: {"images": n, "boxes": m}}``; ``None`` where the file is absent, ``{"error": msg}`` where it
+        cannot be read.
+    """
+    counts: dict[str, dict[str, Any] | None] = {}
+    by_file: dict[Path, dict[str, Any]] = {}
+    for split in task.splits:
+        ann_file = resolve_ann_file(task.split_files(split, data_root)[0])
+        if ann_file.is_file() and ann_file not in by_file:  # PascalVOC's val and test share one file
+            try:
+                images, annotations, _ = read_coco(ann_file)
+                by_file[ann_file] = {"images": len(images), "boxes": len(annotations)}
+            except UserError as err:
+                by_file[ann_file] = {"error": str(err)}
+        counts[split] = by_file.get(ann_file)
+    return counts
+
+
+@dataclass
+class Check:
+    """One validation check: ``ok`` is its outcome; a failed ``warning`` does not fail the task."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+    warning: bool = False
+
+
+@dataclass
+class ValidationReport:
+    """All checks of one task against its files."""
+
+    task: str
+    data_root: Path
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, name: str, ok: bool, detail: str = "", *, warning: bool = False) -> bool:
+        """Record a check and return its outcome."""
+        self.checks.append(Check(name, bool(ok), detail, warning))
+        return bool(ok)
+
+    @property
+    def failures(self) -> list[Check]:
+        """Failed checks that are not warnings."""
+        return [c for c in self.checks if not c.ok and not c.warning]
+
+    @property
+    def ok(self) -> bool:
+        """True when no check failed (warnings aside)."""
+        return not self.failures
+
+
+@dataclass
+class CategoryDiff:
+    """How an annotation file's categories differ from the task's: ``(id, name)`` / ``(id, json, task)``."""
+
+    missing: list[tuple[int, str]]
+    extra: list[tuple[int, str]]
+    renamed: list[tuple[int, str, str]]
+
+    @property
+    def ok(self) -> bool:
+        """Same ids. Names may differ: the task's names override them, as GLIP's ``OVERRIDE_CATEGORY`` does."""
+        return not self.missing and not self.extra
+
+    def describe(self) -> str:
+        """One line listing every difference."""
+        parts = []
+        if self.missing:
+            parts.append("missing " + ", ".join(f"{i} {n!r}" for i, n in self.missing))
+        if self.extra:
+            parts.append("extra " + ", ".join(f"{i} {n!r}" for i, n in self.extra))
+        if self.renamed:
+            parts.append("renamed " + ", ".join(f"{i} {a!r} -> {b!r}" for i, a, b in self.renamed))
+        return "; ".join(parts)
+
+
+def diff_categories(task: TaskSpec, json_categories: list[dict[str, Any]]) -> CategoryDiff:
+    """Compare a COCO ``categories`` list with the task's, ignoring Roboflow's id-0 placeholder."""
+    ours = {c.id: c.name for c in task.categories}
+    theirs = {c.get("id"): str(c.get("name", "")) for c in json_categories}
+    if 0 not in ours:  # raw Roboflow exports carry a supercategory entry with id 0
+        theirs.pop(0, None)
+    return CategoryDiff(
+        missing=[(i, n) for i, n in ours.items() if i not in theirs],
+        extra=[(i, n) for i, n in theirs.items() if i not in ours],
+        renamed=[(i, theirs[i], n) for i, n in ours.items() if i in theirs and theirs[i] != n],
+    )
+
+
+def _not_found(task: TaskSpec, folder: Path, data_root: Path) -> str:
+    if task.download:
+        command = f"python -m odinw_bench download --task {task.name} --data-root {data_root}"
+        return f"{folder} not found; fetch it with: {command}"
+    return f"{folder} not found; check --data-root (or ${DATA_ROOT_ENV})"
+
+
+def _validate_split(task: TaskSpec, split: str, data_root: Path, report: ValidationReport, max_images: int) -> None:
+    registered, img_dir = task.split_files(split, data_root)
+    ann_file = resolve_ann_file(registered)  # a raw Roboflow export stands in for GLIP's cleaned file
+    raw = "" if ann_file == registered else " (raw Roboflow export; its id-0 placeholder is ignored)"
+    if not report.add(f"{split}: annotation file", ann_file.is_file(), f"{ann_file}{raw}"):
+        return
+    try:
+        images, annotations, categories = read_coco(ann_file)
+    except UserError as err:
+        report.add(f"{split}: annotation JSON", False, str(err))
+        return
+    report.add(f"{split}: annotation JSON", True, f"{len(images)} images, {len(annotations)} boxes")
+    diff = diff_categories(task, categories)
+    report.add(f"{split}: categories", diff.ok, diff.describe() or f"{len(task.categories)} ids match")
+    if diff.ok and diff.renamed:
+        detail = "the task's names override the file's: " + diff.describe()
+        report.add(f"{split}: category names", False, detail, warning=True)
+    stray = sorted({a.get("category_id") for a in annotations} - set(task.category_ids), key=str)
+    report.add(f"{split}: box categories", not stray, f"boxes use unknown category ids {stray}" if stray else "")
+    if not report.add(f"{split}: image folder", img_dir.is_dir(), str(img_dir)):
+        return
+    step = max(1, len(images) // max_images) if max_images > 0 else 1
+    sample = images[::step][:max_images] if max_images > 0 else images
+    absent = [str(im.get("file_name")) for im in sample if not (img_dir / str(im.get("file_name"))).is_file()]
+    detail = f"{len(sample) - len(absent)}/{len(sample)} sampled images found"
+    report.add(f"{split}: images", not absent, detail + (f"; missing {absent[:3]}" if absent else ""))
+
+
+def _validate_fewshot(task: TaskSpec, data_root: Path, report: ValidationReport) -> None:
+    # Prepared files are optional: without them the seeded sampler draws the k-shot sets.
+    for split in task.fewshot:
+        wanted = [(k, s) for k in FEWSHOT_SHOTS for s in FEWSHOT_SEEDS]
+        absent = [f"shot{k}_seed{s}" for k, s in wanted if not task.fewshot_file(split, k, s, data_root).is_file()]
+        detail = f"{len(wanted) - len(absent)}/{len(wanted)} present"
+        detail += f"; missing {', '.join(absent)}" if absent else ""
+        report.add(f"{split}: few-shot files", not absent, detail, warning=True)
+
+
+def _validate_prompts(task: TaskSpec, report: ValidationReport) -> None:
+    from odinw_bench.data.prompts import build_caption
+
+    for variant in [None, *task.prompt_variants]:
+        label = f"prompt ({variant or 'default'})"
+        try:
+            text = build_caption(task.category_names, task.prompt_for(variant)).text
+        except UserError as err:
+            report.add(label, False, str(err))
+            continue
+        report.add(label, bool(text.strip()), repr(text if len(text) <= 100 else text[:97] + "..."))
+
+
+def validate_task(task: TaskSpec, data_root: str | Path, *, max_images: int = 25) -> ValidationReport:
+    """Check a task against its files: folders, annotation JSONs, categories, images, few-shot files, prompts.
+
+    Args:
+        task: The task.
+        data_root: The data root (see :func:`resolve_data_root`).
+        max_images: How many images per split to look for on disk (evenly spread); 0 checks all.
+
+    Returns:
+        The report; missing folders are failed checks whose detail says how to fetch the data.
+    """
+    data_root = Path(data_root)
+    report = ValidationReport(task.name, data_root)
+    for name, folder in (("data root", data_root), ("task folder", task.task_dir(data_root))):
+        detail = str(folder) if folder.is_dir() else _not_found(task, folder, data_root)
+        if not report.add(name, folder.is_dir(), detail):
+            return report
+    for split in task.splits:
+        _validate_split(task, split, data_root, report, max_images)
+    _validate_fewshot(task, data_root, report)
+    _validate_prompts(task, report)
+    return report
