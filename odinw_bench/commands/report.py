@@ -1,0 +1,105 @@
+"""``python -m odinw_bench report``: leaderboard tables from run records (mean ± std over seeds, suite average)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+
+from odinw_bench.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+HELP = "aggregate run records over seeds and tasks into leaderboard tables (text, CSV, Markdown)"
+
+EPILOG = """\
+examples:
+  python -m odinw_bench report                                     # results/runs -> results/leaderboard.*
+  python -m odinw_bench report results/runs --suite odinw13 --out results/leaderboard
+  python -m odinw_bench report results/runs/aquarium --allow-partial --metric AP50 --out /tmp/aquarium/
+  python -m odinw_bench report run1.json run2.json --seeds 3,30,300
+
+Cells show mean ± sample std over seeds (AP x 100); the suite column is the mean of the task means.
+An incomplete grid is refused (the missing cells are listed) unless --allow-partial is given.
+Files written for --out P: P.csv (wide), P.md, P_summary.csv (long, with 95% CI), P_runs.csv (one row per run);
+for a folder (existing, or ending in /): leaderboard.csv, leaderboard.md, summary.csv, runs.csv inside it.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument(
+        "results",
+        nargs="*",
+        default=["results/runs"],
+        metavar="RESULTS",
+        help="run-record files or folders searched recursively (default: results/runs)",
+    )
+    parser.add_argument(
+        "--suite",
+        default=None,
+        help="task suite, task name or comma list whose tasks must all be present (default: the tasks found)",
+    )
+    parser.add_argument("--metric", default="AP", help="metric key to aggregate (default: AP)")
+    parser.add_argument("--seeds", default=None, help="comma list of seeds every cell must have (default: all seen)")
+    parser.add_argument(
+        "--out",
+        default="results/leaderboard",
+        help="output folder or path prefix for the CSV and Markdown files (default: results/leaderboard)",
+    )
+    parser.add_argument("--allow-partial", action="store_true", help="report an incomplete grid, marking its cells")
+
+
+def _parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise UserError(f"expected comma-separated integers, got {text!r}", field="--seeds") from None
+    if not seeds:
+        raise UserError("no seeds given", field="--seeds")
+    return seeds
+
+
+def _suite_tasks(spec: str) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """Task names, prompt variant per task and display names of a suite / task list."""
+    from odinw_bench.tasks import resolve_tasks
+
+    names, prompts, display = [], {}, {}
+    for item in resolve_tasks(spec):
+        task, variant = item if isinstance(item, tuple) else (item, None)
+        names.append(task.name)
+        prompts[task.name] = variant or "default"
+        display[task.name] = task.display_name
+    return names, prompts, display
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the records, aggregate, print the table and write the files."""
+    from odinw_bench import report, results
+
+    seeds = _parse_seeds(args.seeds)
+    records = list(results.iter_records(args.results))
+    if not records:
+        raise UserError(f"no run records found in {', '.join(args.results)}", field="RESULTS")
+    tasks = prompts = display = None
+    suite = "mean"
+    if args.suite:
+        tasks, prompts, display = _suite_tasks(args.suite)
+        # A plain suite name labels the average column; a comma list or YAML path does not make a good label.
+        suite = args.suite if re.fullmatch(r"[A-Za-z0-9_-]+", args.suite) else "mean"
+    rep = report.build_report(
+        records,
+        tasks=tasks,
+        suite=suite,
+        metric=args.metric,
+        seeds=seeds,
+        prompts=prompts,
+        display=display,
+        allow_partial=args.allow_partial,
+    )
+    print(report.format_table(rep), end="")
+    paths = report.write_report(rep, args.out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,238 @@
+"""GLIP behind the backend contract: images and category names in, detections with category indices out.
+
+Example:
+    >>> from PIL import Image
+    >>> from odinw_bench.models.glip.backend import load_glip
+    >>> model = load_glip("glip-t")                       # downloads once, then converts to safetensors  # doctest: +SKIP
+    >>> model = load_glip(config="glip_Swin_T_O365_GoldG.yaml", checkpoint="glip_tiny.pth")      # doctest: +SKIP
+    >>> dets = model.predict_images([Image.open("fish.jpg")], ["fish", "shark"])                 # doctest: +SKIP
+    >>> dets[0].boxes, dets[0].scores, dets[0].labels    # xyxy original pixels; labels index the names  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from odinw_bench.errors import UserError
+from odinw_bench.models.base import DetectionBatch, Detections, DetectorBackend
+from odinw_bench.models.glip import preprocess
+from odinw_bench.models.glip.config import GLIPConfig, from_official_yaml, get_preset
+from odinw_bench.models.glip.model import GLIP
+from odinw_bench.models.glip.postprocess import rescale_boxes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+    from odinw_bench.data.prompts import TaskPrompt
+    from odinw_bench.models.glip.checkpoint import LoadReport
+    from odinw_bench.task_spec import PromptSpec
+
+logger = logging.getLogger(__name__)
+
+# Parameter-name prefixes of the groups a regime can train (GLIP's module layout).
+GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
+    "backbone": ("model.backbone.body.",),
+    "fpn": ("model.backbone.fpn.",),
+    "language": ("model.language_backbone.",),
+    "tower": ("model.rpn.head.dyhead_tower.",),
+    "head": ("model.rpn.head.",),
+    "prompt": ("model.rpn.tunable_linear.",),
+}
+
+
+class GLIPBackend(nn.Module, DetectorBackend):
+    """GLIP with its preprocessing, prompts, chunked prediction and losses.
+
+    Args:
+        config: The model configuration (a preset or an official YAML read by ``from_official_yaml``).
+    """
+
+    name = "glip"
+
+    def __init__(self, config: GLIPConfig):
+        super().__init__()
+        self.config = config
+        self.model = GLIP(config)
+        self.checkpoint: str | None = None
+        self._prompt: TaskPrompt | None = None
+        self._train_prompt: TaskPrompt | None = None
+
+    @classmethod
+    def from_preset(cls, name: str) -> GLIPBackend:
+        """A randomly initialised model of a named preset (``glip-micro`` for tests and the demo)."""
+        return cls(get_preset(name))
+
+    def load_checkpoint(self, path: str | Path, *, trust: bool = False, strict: bool = True) -> LoadReport:
+        """Load an official ``.pth`` (``model`` dict, ``module.`` prefixes) or a converted ``.safetensors``."""
+        from odinw_bench.models.glip.checkpoint import load_glip_state_dict, read_checkpoint
+
+        report = load_glip_state_dict(self.model, read_checkpoint(path, trust=trust), strict=strict)
+        self.checkpoint = str(path)
+        return report
+
+    # ----------------------------------------------------------------------------------------------- vocabulary
+    def set_vocabulary(self, categories: Sequence[str], prompt: PromptSpec | None = None) -> None:
+        """Fix the categories (label order) and the prompt; builds the evaluation and training captions."""
+        from odinw_bench.data.prompts import TaskPrompt
+
+        max_len = self.model.max_query_len
+        self._prompt = TaskPrompt.from_names(list(categories), prompt, max_length=max_len)
+        self._train_prompt = TaskPrompt.from_names(list(categories), prompt, max_length=max_len, for_training=True)
+        width = self.config.dyhead.num_classes - 1
+        widest = max(len(chunk.labels) for chunk in self._prompt.chunks)
+        if widest > width:
+            raise UserError(f"a prompt chunk has {widest} categories but the model scores at most {width} "
+                            "(MODEL.DYHEAD.NUM_CLASSES - 1)", field="categories")
+
+    @property
+    def prompt(self) -> TaskPrompt:
+        if self._prompt is None:
+            raise RuntimeError("call set_vocabulary(categories) first")
+        return self._prompt
+
+    # ----------------------------------------------------------------------------------------------- images
+    def preprocess(self, images: Sequence[Image.Image], targets: Sequence[dict] | None = None,
+                   train: bool = False, rng: Any = None) -> DetectionBatch:
+        """GLIP's transforms: resize (test: short side 800 / max 1333; train: random short side + flip), BGR×255
+        normalisation, zero padding to a multiple of 32.
+
+        Args:
+            images: RGB PIL images.
+            targets: Per image ``{"boxes": (G, 4) xyxy original pixels (GLIP's x2 = x + w - 1), "labels": (G,)
+                0-based category indices}``.
+            train: Use the training transform (needs ``targets``).
+            rng: ``random.Random`` for the training transform.
+        """
+        inp = self.config.input
+        tensors, sizes, out_targets = [], [], [] if targets is not None else None
+        for i, image in enumerate(images):
+            if train:
+                boxes = torch.as_tensor(targets[i]["boxes"], dtype=torch.float32).reshape(-1, 4)
+                tensor, size, boxes = preprocess.glip_train_transform(
+                    image, boxes, min_sizes=inp.min_size_train, max_size=inp.max_size_train,
+                    flip_prob=inp.flip_prob_train, rng=rng)
+            else:
+                tensor, size = preprocess.glip_test_transform(image, inp.min_size_test, inp.max_size_test)
+                if targets is not None:
+                    boxes = preprocess.resize_boxes(torch.as_tensor(targets[i]["boxes"], dtype=torch.float32)
+                                                    .reshape(-1, 4), image.size, (size[1], size[0]))
+            tensors.append(tensor)
+            sizes.append(size)
+            if out_targets is not None:
+                out_targets.append({"boxes": boxes, "labels": torch.as_tensor(targets[i]["labels"]).long()})
+        batch, image_sizes = preprocess.batch_images(tensors, inp.size_divisibility)
+        original = [(im.size[1], im.size[0]) for im in images]
+        return DetectionBatch(batch, image_sizes, original, out_targets)
+
+    def _tokens(self, chunk: Any, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        from odinw_bench.data.tokenizer import tokenize_prompts
+
+        enc = tokenize_prompts([chunk.text] * batch_size, max_length=self.model.max_query_len)
+        return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+    # ----------------------------------------------------------------------------------------------- predict
+    @torch.no_grad()
+    def predict(self, batch: DetectionBatch) -> list[Detections]:
+        """Detections per image, boxes rescaled to the original image, labels indexing the vocabulary.
+
+        Each prompt chunk is a separate forward pass; chunk results are concatenated without cross-chunk NMS
+        (GLIP's chunked evaluation).
+        """
+        device = batch.images.device
+        per_image: list[list[dict[str, torch.Tensor]]] = [[] for _ in batch.image_sizes]
+        for chunk in self.prompt.chunks:
+            input_ids, mask = self._tokens(chunk, len(batch.image_sizes), device)
+            results = self.model.predict(batch.images, batch.image_sizes, input_ids, mask, chunk.positive_map)
+            global_labels = torch.as_tensor(chunk.labels, dtype=torch.long, device=device)
+            for i, res in enumerate(results):
+                res = dict(res, labels=global_labels[res["labels"] - 1])
+                per_image[i].append(res)
+        out = []
+        for i, parts in enumerate(per_image):
+            boxes = torch.cat([p["boxes"] for p in parts])
+            boxes = rescale_boxes(boxes, batch.image_sizes[i], batch.original_sizes[i])
+            out.append(Detections(boxes=boxes, scores=torch.cat([p["scores"] for p in parts]),
+                                  labels=torch.cat([p["labels"] for p in parts])))
+        return out
+
+    def predict_images(self, images: Sequence[Image.Image], categories: Sequence[str] | None = None,
+                       prompt: PromptSpec | None = None) -> list[Detections]:
+        """Convenience: detections for PIL images (optionally setting the vocabulary first), one batch."""
+        if categories is not None:
+            self.set_vocabulary(categories, prompt)
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            return self.predict(self.preprocess(images).to(device))
+        finally:
+            self.train(was_training)
+
+    # ----------------------------------------------------------------------------------------------- train
+    def compute_losses(self, batch: DetectionBatch) -> dict[str, torch.Tensor]:
+        """GLIP's losses for a batch with targets; the caption holds every category (GLIP's training rule)."""
+        if batch.targets is None:
+            raise ValueError("compute_losses needs a batch with targets")
+        if self._train_prompt is None:
+            raise RuntimeError("call set_vocabulary(categories) first")
+        chunks = self._train_prompt.chunks
+        if len(chunks) != 1:
+            raise UserError(f"fine-tuning needs all categories in one caption of {self.model.max_query_len} "
+                            f"tokens; this vocabulary needs {len(chunks)}", field="categories")
+        chunk = chunks[0]
+        device = batch.images.device
+        input_ids, mask = self._tokens(chunk, len(batch.image_sizes), device)
+        label_map = chunk.positive_map_tensor(self.model.max_query_len).to(device)  # (C, L), C in label order
+        targets = [{"boxes": t["boxes"], "positive_map": label_map[t["labels"]]} for t in batch.targets]
+        return self.model.compute_losses(batch.images, input_ids, mask, targets)
+
+    # ----------------------------------------------------------------------------------------------- params
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Parameter names by group; ``head`` excludes the tower, every parameter is in exactly one group."""
+        groups: dict[str, list[str]] = {name: [] for name in GROUP_PREFIXES}
+        for pname, _ in self.named_parameters():
+            group = next((g for g, prefixes in GROUP_PREFIXES.items() if pname.startswith(prefixes)), None)
+            if group is None:
+                raise RuntimeError(f"parameter {pname} belongs to no group")
+            groups[group].append(pname)
+        return groups
+
+    def enable_prompt_tuning(self) -> None:
+        """Add GLIP's zero-initialised prompt offset (``rpn.tunable_linear``)."""
+        self.model.rpn.add_tunable_linear()
+
+
+def load_glip(preset: str | None = None, *, config: str | Path | None = None, checkpoint: str | Path | None = None,
+              trust_checkpoint: bool = False, bert_config: dict | None = None) -> GLIPBackend:
+    """Build GLIP from a preset or an official YAML, and load its weights.
+
+    Args:
+        preset: ``glip-t-a``, ``glip-t-b``, ``glip-t-c``, ``glip-t``, ``glip-l`` or ``glip-micro``.
+        config: An official GLIP YAML config file (instead of a preset).
+        checkpoint: A local ``.pth`` / ``.safetensors``; without it a zoo preset is downloaded from the hub
+            (``GLIPModel/GLIP``) once and cached; ``glip-micro`` stays randomly initialised.
+        trust_checkpoint: Allow full unpickling of a ``.pth`` that is not a plain weights file.
+        bert_config: BERT sizes for an official YAML of a non-standard language model.
+
+    Returns:
+        The model in eval mode.
+    """
+    if (preset is None) == (config is None):
+        raise UserError("give either a preset name or an official config file", field="model")
+    cfg = get_preset(preset) if preset is not None else from_official_yaml(config, bert_config=bert_config)
+    backend = GLIPBackend(cfg)
+    if checkpoint is None and preset is not None and preset != "glip-micro":
+        from odinw_bench.models.glip.zoo import fetch_checkpoint
+
+        checkpoint = fetch_checkpoint(preset, trust=trust_checkpoint)
+    if checkpoint is not None:
+        backend.load_checkpoint(checkpoint, trust=trust_checkpoint)
+    else:
+        logger.warning("%s has random weights: its detections are meaningless until it is trained", cfg.name)
+    return backend.eval()

@@ -1,0 +1,210 @@
+"""The GLIP detector assembled from its parts, with the official module names.
+
+``GLIP(config)`` builds ``backbone.body`` (Swin), ``backbone.fpn``, ``language_backbone.body`` (BERT) and ``rpn``
+(VLDyHead + anchors [+ the prompt-tuning offset]), so that ``GLIP.state_dict()`` keys equal the official ones and an
+official checkpoint loads with a ``module.`` strip (:func:`odinw_bench.models.glip.checkpoint.load_glip_state_dict`).
+
+This module works on tensors: images already normalised and padded, captions already tokenised, label -> token
+maps already built. :class:`odinw_bench.models.glip.backend.GLIPBackend` adds images, prompts and chunking.
+
+Example:
+    >>> from odinw_bench.models.glip.config import get_preset
+    >>> model = GLIP(get_preset("glip-micro")).eval()
+    >>> dets = model.predict(images, image_sizes, input_ids, attention_mask, {1: [1], 2: [3, 4]})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from odinw_bench.models.glip.anchors import AnchorGenerator
+from odinw_bench.models.glip.config import GLIPConfig
+from odinw_bench.models.glip.fpn import FPN
+from odinw_bench.models.glip.head import VLDyHead
+from odinw_bench.models.glip.language import BertEncoder
+from odinw_bench.models.glip.loss import ATSSLoss
+from odinw_bench.models.glip.postprocess import ATSSPostProcessor
+from odinw_bench.models.glip.swin import SwinTransformer
+
+logger = logging.getLogger(__name__)
+
+# GLIP's prompt-tuning layer has 1000 rows; only the first ``max_query_len`` (256) are ever used.
+TUNABLE_LINEAR_ROWS = 1000
+
+
+def _needs_grad(module: nn.Module) -> bool:
+    """Whether any parameter of ``module`` trains: frozen parts then run without building an autograd graph."""
+    return torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+
+
+class VLDyHeadModule(nn.Module):
+    """GLIP's ``rpn``: the head, the anchor generator and, for prompt tuning, ``tunable_linear``.
+
+    The post-processor and the loss hold no parameters and are plain attributes.
+    """
+
+    def __init__(self, config: GLIPConfig, bert_config: Any):
+        super().__init__()
+        dy = config.dyhead
+        self.head = VLDyHead(
+            channels=dy.channels,
+            lang_dim=config.language.lang_dim,
+            num_convs=dy.num_convs,
+            num_classes=dy.num_classes,
+            bert_config=bert_config,
+            early_fuse=dy.early_fuse,
+            use_fused_dot_product=dy.use_fused_dot_product,
+            num_levels=len(config.anchors.strides),
+            prior_prob=dy.prior_prob,
+            log_scale=dy.log_scale,
+            group_norm_groups=dy.group_norm_groups,
+            fuse_embed_dim=dy.fuse_embed_dim,
+            fuse_num_heads=dy.fuse_num_heads,
+            use_checkpoint=dy.use_checkpoint,
+        )
+        self.anchor_generator = AnchorGenerator(config.anchors.sizes, config.anchors.strides)
+        self.lang_dim = config.language.lang_dim
+        if dy.add_linear_layer:
+            self.add_tunable_linear()
+        post = config.postprocess
+        self.post_processor = ATSSPostProcessor(
+            pre_nms_thresh=post.pre_nms_thresh,
+            pre_nms_top_n=post.pre_nms_top_n,
+            nms_thresh=post.nms_thresh,
+            detections_per_img=post.detections_per_img,
+            num_classes=dy.num_classes,
+        )
+        loss = config.loss
+        self.loss = ATSSLoss(
+            topk=loss.topk,
+            reg_loss_weight=loss.reg_loss_weight,
+            focal_alpha=loss.focal_alpha,
+            focal_gamma=loss.focal_gamma,
+            token_alpha=loss.token_alpha,
+            token_gamma=loss.token_gamma,
+            dot_product_token_loss_weight=loss.dot_product_token_loss_weight,
+        )
+
+    def add_tunable_linear(self) -> None:
+        """Create GLIP's ``language_prompt_v2`` offset: a zero-initialised (1000, lang_dim) weight."""
+        if getattr(self, "tunable_linear", None) is None:
+            self.tunable_linear = nn.Linear(self.lang_dim, TUNABLE_LINEAR_ROWS, bias=False)
+            nn.init.zeros_(self.tunable_linear.weight)
+            self.tunable_linear.to(self.anchor_generator.level_cell_anchor(0).device)
+
+    def apply_prompt_offset(self, lang: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add the per-position prompt offset to ``embedded`` and ``hidden`` (before fusion), as GLIP does.
+
+        Args:
+            lang: Language dict with ``hidden`` and ``embedded`` of shape (B, L, D).
+
+        Returns:
+            A new dict (the input is not changed); unchanged values when prompt tuning is off.
+        """
+        linear = getattr(self, "tunable_linear", None)
+        if linear is None:
+            return lang
+        offset = linear.weight[: lang["hidden"].shape[1]].unsqueeze(0)  # (1, L, D)
+        return {**lang, "embedded": lang["embedded"] + offset, "hidden": lang["hidden"] + offset}
+
+
+class GLIP(nn.Module):
+    """GLIP (Swin + FPN + BERT + VLDyHead) with the official parameter names.
+
+    Args:
+        config: The architecture and its post-processing / loss settings.
+    """
+
+    def __init__(self, config: GLIPConfig):
+        super().__init__()
+        self.config = config
+        bert_config = config.language.bert_config()
+        sw = config.swin
+        body = SwinTransformer(
+            sw.embed_dim, sw.depths, sw.num_heads, sw.window_size, mlp_ratio=sw.mlp_ratio,
+            drop_path_rate=sw.drop_path_rate, patch_size=sw.patch_size, out_norm=sw.out_norm,
+            frozen_stages=config.freeze_conv_body_at, use_checkpoint=sw.use_checkpoint,
+        )
+        fpn = FPN(sw.out_channels[1:], config.fpn.out_channels, drop_block_prob=config.fpn.drop_block_prob,
+                  drop_block_size=config.fpn.drop_block_size)
+        self.backbone = nn.Sequential(OrderedDict(body=body, fpn=fpn))
+        language = BertEncoder(bert_config, num_layers=config.language.n_layers,
+                               use_checkpoint=config.language.use_checkpoint)
+        self.language_backbone = nn.Sequential(OrderedDict(body=language))
+        self.rpn = VLDyHeadModule(config, bert_config)
+
+    @property
+    def max_query_len(self) -> int:
+        return self.config.language.max_query_len
+
+    def encode_image(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """FPN features P3..P7 of a padded batch (B, 3, H, W); no autograd graph when the backbone is frozen."""
+        with torch.set_grad_enabled(_needs_grad(self.backbone.body)):
+            c2_to_c5 = self.backbone.body(images)
+        with torch.set_grad_enabled(_needs_grad(self.backbone)):
+            return self.backbone.fpn(c2_to_c5[1:])
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """BERT features (hidden, embedded, masks) of (B, L) tokens, plus the prompt-tuning offset if enabled."""
+        with torch.set_grad_enabled(_needs_grad(self.language_backbone)):
+            lang = self.language_backbone.body(input_ids, attention_mask)
+        return self.rpn.apply_prompt_offset(lang)
+
+    def forward_head(self, images: torch.Tensor, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor) -> tuple[dict[str, Any], list[torch.Tensor]]:
+        """Head outputs and anchors for a batch.
+
+        Args:
+            images: (B, 3, H, W) normalised images, zero-padded to a multiple of 32.
+            input_ids: (B, L) token ids of each image's caption (L = 256 in GLIP).
+            attention_mask: (B, L) 0/1 mask.
+
+        Returns:
+            ``(outputs, anchors)``: ``outputs`` has per-level ``logits`` (B, HW, L), ``bbox_reg`` (B, 4, H, W),
+            ``centerness`` (B, 1, H, W), ``cls_logits``; ``anchors`` is a list of (HW, 4) per level.
+        """
+        features = self.encode_image(images)
+        lang = self.encode_text(input_ids, attention_mask)
+        outputs = self.rpn.head(features, lang)
+        anchors = self.rpn.anchor_generator([f.shape[-2:] for f in features])
+        return outputs, anchors
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, image_sizes: Sequence[tuple[int, int]], input_ids: torch.Tensor,
+                attention_mask: torch.Tensor, positive_map: Mapping[int, Sequence[int]]) -> list[dict[str, torch.Tensor]]:
+        """Detections per image in resized-image pixels (GLIP's output BoxList, before rescaling).
+
+        Args:
+            images: (B, 3, H, W) padded batch.
+            image_sizes: Unpadded (h, w) of each image, for clipping.
+            input_ids, attention_mask: (B, L) tokenised captions.
+            positive_map: 1-based label -> caption token indices.
+
+        Returns:
+            Per image ``dict(boxes (N, 4) xyxy, scores (N,), labels (N,) 1-based)``.
+        """
+        outputs, anchors = self.forward_head(images, input_ids, attention_mask)
+        return self.rpn.post_processor(outputs["logits"], outputs["bbox_reg"], outputs["centerness"], anchors,
+                                       positive_map, image_sizes)
+
+    def compute_losses(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       targets: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """GLIP's training losses.
+
+        Args:
+            images: (B, 3, H, W) padded batch.
+            input_ids, attention_mask: (B, L) tokenised captions.
+            targets: Per image ``dict(boxes (G, 4) xyxy in resized pixels, positive_map (G, L) 0/1)``; G may be 0.
+
+        Returns:
+            ``loss_reg``, ``loss_centerness``, ``loss_cls`` (always 0, as GLIP), ``loss_dot_product_token``.
+        """
+        outputs, anchors = self.forward_head(images, input_ids, attention_mask)
+        return self.rpn.loss(outputs["logits"], outputs["bbox_reg"], outputs["centerness"], anchors, targets,
+                             attention_mask, cls_logits=outputs["cls_logits"])

@@ -1,0 +1,345 @@
+"""Run records: schema validation, run ids, atomic writes, and the concurrent leaderboard CSV."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from odinw_bench import results
+from odinw_bench.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_test_record(task="aquarium", seed=3, ap=0.42, run_id=None, **changes) -> dict:
+    """A valid schema-1 record built by hand (no git/env probing, so it is cheap to make many)."""
+    record = {
+        "schema_version": 1,
+        "run_id": run_id or results.make_run_id(task, 1, "glip_tiny", "ab" * 32, "prompt_tuning", 1, seed, {}),
+        "created_at": "2025-01-31T12:00:00+00:00",
+        "duration_s": 12.5,
+        "status": "ok",
+        "error": None,
+        "task": {"name": task, "version": 1, "sha256": "cd" * 32, "display_name": task.title()},
+        "split": "test",
+        "prompt": {"variant": "default", "captions": ["fish. jellyfish. penguin"]},
+        "shots": 1,
+        "seed": seed,
+        "regime": "prompt_tuning",
+        "sample": {
+            "sampler": "glip",
+            "train_ids_hash": "0123456789abcdef",
+            "train_count": 4,
+            "val_ids_hash": None,
+            "val_count": None,
+            "shortfall": {"penguin": 0},
+        },
+        "model": {"name": "glip_tiny", "checkpoint": "/ckpt/glip_tiny.pth", "checkpoint_sha256": "ab" * 32},
+        "config": {"optim": {"lr": 0.05}, "max_epochs": 200},
+        "metrics": {"AP": ap, "AP50": 0.6, "APs": None, "AP-fish": 0.5, results.SELECT_VAL_AP: 0.4},
+        "params": {"trainable": 1024, "total": 231_000_000},
+        "git": {"commit": "f" * 40, "dirty": False},
+        "env": {"python": "3.11.7", "torch": "2.14.1"},
+        "timings": {"fit_s": 10.0, "eval_s": 2.5},
+    }
+    record.update(changes)
+    return record
+
+
+def _make_kwargs() -> dict:
+    rec = make_test_record()
+    keys = ("run_id", "task", "split", "prompt", "shots", "seed", "regime", "sample", "model", "config", "params")
+    return {k: rec[k] for k in keys}
+
+
+# ---- round trip ----
+
+
+def test_make_write_read_round_trip(tmp_path):
+    record = results.make_record(
+        **_make_kwargs(), metrics={"AP": 0.5, "APl": float("nan")}, duration_s=3.0, timings={"fit_s": 2.0}
+    )
+    assert record["schema_version"] == results.SCHEMA_VERSION
+    assert record["status"] == "ok" and record["error"] is None
+    assert record["metrics"]["APl"] is None  # NaN is stored as null: strict JSON
+    assert record["env"]["torch"] == metadata.version("torch")
+    assert set(record["env"]) >= {"python", "torch", "torchvision", "transformers", "lightning", "pycocotools",
+                                  "odinw_bench", "cuda", "gpu_name"}  # fmt: skip
+    if (REPO_ROOT / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", record["git"]["commit"])
+        assert isinstance(record["git"]["dirty"], bool)
+
+    path = results.record_path(tmp_path, record)
+    run_id = record["run_id"]
+    assert path == tmp_path / "runs" / "aquarium" / "glip_tiny" / "prompt_tuning" / f"k1_s3_{run_id}.json"
+    results.write_record(path, record)
+    json.loads(path.read_text())  # strict JSON: no NaN tokens
+    assert "NaN" not in path.read_text()
+    assert results.read_record(path) == json.loads(json.dumps(record))
+
+
+def test_failed_record_requires_error_and_keeps_it(tmp_path):
+    record = results.make_record(**_make_kwargs(), error="CUDA out of memory")
+    assert record["status"] == "failed"
+    path = results.write_record(tmp_path / "r.json", record)
+    assert results.read_record(path)["error"] == "CUDA out of memory"
+    with pytest.raises(UserError, match="error"):
+        results.validate_record({**record, "error": None})
+
+
+def test_record_path_sanitises_hub_style_model_names(tmp_path):
+    record = make_test_record(model={"name": "org/glip-t (a)", "checkpoint": None, "checkpoint_sha256": None},
+                              shots="all")  # fmt: skip
+    path = results.record_path(tmp_path, record)
+    assert path.parent.parent.name == "org_glip-t_a_"
+    assert path.name.startswith("kall_s3_")
+
+
+def test_collect_git_none_outside_a_repository(tmp_path):
+    assert results.collect_git(tmp_path) is None
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git executable")
+def test_collect_git_reports_commit_and_dirty_flag(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)  # fmt: skip
+
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("a")
+    git("add", "a.txt")
+    git("commit", "-q", "-m", "init")
+    clean = results.collect_git(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{40}", clean["commit"]) and clean["dirty"] is False
+    (tmp_path / "a.txt").write_text("changed")
+    assert results.collect_git(tmp_path) == {"commit": clean["commit"], "dirty": True}
+
+
+# ---- validation names the field ----
+
+
+_DELETE = object()
+
+
+def _set(record: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        record = record[key]
+    if value is _DELETE:
+        del record[last]
+    else:
+        record[last] = value
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("seed", "3", "expected integer"),
+        ("seed", True, "expected integer"),
+        ("shots", -1, ">= 0"),
+        ("shots", "five", "expected integer or 'all'"),
+        ("status", "done", "'ok' or 'failed'"),
+        ("task.version", _DELETE, "missing field"),
+        ("task.name", 7, "expected string"),
+        ("model", None, "expected an object"),
+        ("prompt.captions", "fish", "list of string"),
+        ("sample.train_count", 1.5, "expected integer"),
+        ("metrics.AP", 42.0, "fractions, not percentages"),
+        ("metrics.AP50", "high", "number or null"),
+        ("metrics.AP", None, "numeric AP"),
+        ("git.dirty", "no", "expected boolean"),
+        ("timings.fit_s", None, "expected number"),
+        ("duration_s", float("nan"), "number or null"),
+        ("config", [], "expected an object"),
+        ("schema_version", 0, "unsupported schema_version"),
+    ],
+)
+def test_validation_errors_name_the_field(field, value, message):
+    record = make_test_record()
+    _set(record, field, value)
+    with pytest.raises(UserError) as info:
+        results.validate_record(record, path="runs/x.json")
+    assert info.value.field == field
+    assert info.value.path == "runs/x.json"
+    assert message in str(info.value)
+
+
+def test_git_may_be_null_and_unknown_keys_are_allowed():
+    record = make_test_record(git=None)
+    record["extra_optional_field"] = {"anything": 1}
+    assert results.validate_record(record) is record
+
+
+def test_read_record_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema_version": 1,\n "run_id": }')
+    with pytest.raises(UserError, match=r"bad\.json.*line 2, column 12"):
+        results.read_record(bad)
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps(make_test_record(schema_version=99)))
+    with pytest.raises(UserError, match="newer") as info:
+        results.read_record(newer)
+    assert info.value.field == "schema_version" and info.value.path == str(newer)
+    with pytest.raises(UserError, match="not found"):
+        results.read_record(tmp_path / "absent.json")
+
+
+def test_iter_records_walks_folders_and_skips_prediction_files(tmp_path):
+    a = results.write_record(tmp_path / "runs" / "a" / "k1_s3_x.json", make_test_record(seed=3))
+    b = results.write_record(tmp_path / "runs" / "b" / "k1_s30_y.json", make_test_record(seed=30))
+    (tmp_path / "runs" / "a" / "k1_s3_x_predictions.json").write_text("[]")
+    found = list(results.iter_records([tmp_path / "runs"]))
+    assert [p for p, _ in found] == [a, b]
+    assert [r["seed"] for _, r in found] == [3, 30]
+    assert [p for p, _ in results.iter_records([b])] == [b]
+    with pytest.raises(UserError, match="no such results"):
+        list(results.iter_records([tmp_path / "nope"]))
+
+
+# ---- run ids ----
+
+_ID_ARGS = ("aquarium", 1, "glip_tiny", "ab" * 32, "prompt_tuning", 1, 3, {"lr": 0.05, "epochs": 200})
+
+
+def test_run_id_is_stable_short_and_ignores_dict_order():
+    run_id = results.make_run_id(*_ID_ARGS)
+    assert re.fullmatch(r"[0-9a-f]{12}", run_id)
+    assert results.make_run_id(*_ID_ARGS) == run_id
+    reordered = (*_ID_ARGS[:-1], {"epochs": 200, "lr": 0.05})
+    assert results.make_run_id(*reordered) == run_id
+
+
+def test_run_id_is_the_same_in_another_process():
+    code = (
+        "from odinw_bench.results import make_run_id;"
+        f"print(make_run_id(*{_ID_ARGS!r}))"
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONHASHSEED": "123"}  # a different str-hash seed must not matter
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == results.make_run_id(*_ID_ARGS)
+
+
+@pytest.mark.parametrize(
+    ("index", "other"),
+    [(0, "pothole"), (1, 2), (2, "glip_large"), (3, None), (4, "full"), (5, 3), (6, 30),
+     (7, {"lr": 0.01, "epochs": 200})],  # fmt: skip
+)
+def test_run_id_changes_with_each_input(index, other):
+    args = list(_ID_ARGS)
+    args[index] = other
+    assert results.make_run_id(*args) != results.make_run_id(*_ID_ARGS)
+
+
+# ---- atomic writes ----
+
+
+def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    def exploding_default(value):
+        raise RuntimeError("serialiser failed midway")
+
+    monkeypatch.setattr(results, "_json_default", exploding_default)
+    record = make_test_record(config={"lr": 0.05, "out_dir": Path("/somewhere")})  # the Path reaches the default
+    path = tmp_path / "runs" / "k1_s3_x.json"
+    with pytest.raises(RuntimeError, match="midway"):
+        results.write_record(path, record)
+    assert list(path.parent.iterdir()) == []  # neither the record nor a temp file
+
+
+def test_failed_overwrite_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = results.write_record(tmp_path / "r.json", make_test_record(ap=0.1))
+    before = path.read_bytes()
+    monkeypatch.setattr(results, "_json_default", lambda v: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        results.write_record(path, make_test_record(ap=0.9, config={"p": Path("/x")}))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_invalid_record_is_not_written(tmp_path):
+    with pytest.raises(UserError, match="seed"):
+        results.write_record(tmp_path / "r.json", make_test_record(seed="x", run_id="r1"))
+    assert not (tmp_path / "r.json").exists()
+
+
+# ---- leaderboard CSV ----
+
+
+def _append_many(csv_path: str, worker: int, count: int, barrier) -> None:
+    barrier.wait(timeout=60)  # start together, so the first rows and the header really race
+    for i in range(count):
+        run_id = f"w{worker:02d}r{i:03d}"
+        results.append_leaderboard_row(csv_path, make_test_record(run_id=run_id, seed=i, ap=(worker + 1) / 100))
+
+
+def test_concurrent_appends_give_exactly_one_header_and_all_rows(tmp_path):
+    import pandas as pd
+
+    csv_path = tmp_path / "leaderboard.csv"
+    ctx = multiprocessing.get_context("spawn")  # no fork of a possibly multi-threaded pytest process
+    barrier = ctx.Barrier(8)
+    procs = [ctx.Process(target=_append_many, args=(str(csv_path), w, 50, barrier)) for w in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * 8
+
+    lines = csv_path.read_text().splitlines()
+    assert lines.count(",".join(results.LEADERBOARD_COLUMNS)) == 1 and lines[0].startswith("run_id,")
+    assert len(lines) == 401
+    rows = list(csv.reader(lines))
+    assert all(len(r) == len(results.LEADERBOARD_COLUMNS) for r in rows)
+    frame = pd.read_csv(csv_path)
+    assert len(frame) == 400 and frame["run_id"].is_unique
+    assert list(frame.columns) == list(results.LEADERBOARD_COLUMNS)
+    per_worker = frame.groupby(frame["run_id"].str[:3])["AP"].agg(["count", "first"])
+    assert per_worker["count"].tolist() == [50] * 8
+    assert per_worker["first"].tolist() == pytest.approx([(w + 1) / 100 for w in range(8)])
+
+
+def test_same_run_id_replaces_its_row(tmp_path):
+    csv_path = tmp_path / "lb.csv"
+    results.append_leaderboard_row(csv_path, make_test_record(run_id="aaa", ap=0.1))
+    results.append_leaderboard_row(csv_path, make_test_record(run_id="bbb", ap=0.2))
+    results.append_leaderboard_row(csv_path, make_test_record(run_id="aaa", ap=0.3))
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [(r["run_id"], float(r["AP"])) for r in rows] == [("aaa", 0.3), ("bbb", 0.2)]
+    assert rows[0]["val_AP"] == "0.4" and rows[0]["APs"] == ""  # None -> empty cell
+    assert rows[0]["trainable_params"] == "1024" and rows[0]["git_dirty"] == "False"
+
+
+def test_torn_last_line_is_dropped_not_extended(tmp_path):
+    csv_path = tmp_path / "lb.csv"
+    results.append_leaderboard_row(csv_path, make_test_record(run_id="aaa"))
+    with csv_path.open("a") as fh:
+        fh.write("zzz,ok,aquar")  # a crash in the middle of a write
+    results.append_leaderboard_row(csv_path, make_test_record(run_id="bbb"))
+    assert [r["run_id"] for r in csv.DictReader(csv_path.open())] == ["aaa", "bbb"]
+
+
+def test_leaderboard_with_other_columns_is_refused(tmp_path):
+    csv_path = tmp_path / "lb.csv"
+    csv_path.write_text("run_id,AP\nx,0.1\n")
+    with pytest.raises(UserError) as info:
+        results.append_leaderboard_row(csv_path, make_test_record())
+    assert info.value.path == str(csv_path) and info.value.field == "header"
+    assert csv_path.read_text() == "run_id,AP\nx,0.1\n"
+
+
+def test_record_is_not_mutated_by_writers(tmp_path):
+    record = make_test_record()
+    snapshot = copy.deepcopy(record)
+    results.write_record(tmp_path / "r.json", record)
+    results.append_leaderboard_row(tmp_path / "lb.csv", record)
+    assert record == snapshot
