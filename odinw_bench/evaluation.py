@@ -350,3 +350,22 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
         ) from None
     validate_predictions(predictions, source=path)
     return predictions
+
+
+# Summary metrics shown in tables (all of them stay in EvalResult.metrics and in run records).
+TABLE_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def format_eval_table(title: str, result: EvalResult) -> str:
+    """A plain-text table of the summary metrics and the per-category AP (x 100), headed by ``title``."""
+    lines = [f"{title}: {result.num_images} images, {result.num_predictions} predictions", ""]
+    width = max([len(m) for m in TABLE_METRICS] + [len(c) for c in result.per_category] + [len("category")])
+    lines.append(f"{'metric':<{width}}  {'value':>6}")
+    lines += [f"{name:<{width}}  {_percent(result.metrics[name]):>6}" for name in TABLE_METRICS]
+    lines += ["", f"{'category':<{width}}  {'AP':>6}"]
+    lines += [f"{name:<{width}}  {_percent(ap):>6}" for name, ap in result.per_category.items()]
+    return "\n".join(lines)

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from odinw_bench.errors import UserError
-from odinw_bench.results import atomic_write_text, leaderboard_row
+from odinw_bench.leaderboard import leaderboard_row
+from odinw_bench.results import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

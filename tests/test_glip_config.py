@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import textwrap
 
 import pytest
 
 from odinw_bench.errors import UserError
-from odinw_bench.models.glip.config import (
-    BERT_BASE_UNCASED,
-    GLIPConfig,
-    SwinConfig,
-    from_official_yaml,
-    get_preset,
-    list_presets,
-)
+from odinw_bench.models.glip import config as config_module
+from odinw_bench.models.glip.config import BERT_BASE_UNCASED, GLIPConfig, SwinConfig, get_preset, list_presets
+from odinw_bench.models.glip.official_config import from_official_yaml
 
 ARCH_SECTIONS = ("swin", "fpn", "language", "dyhead", "anchors")
 
@@ -260,3 +257,13 @@ def test_bert_config_builds_transformers_config():
     assert (bert.hidden_size, bert.num_hidden_layers, bert.num_attention_heads, bert.intermediate_size) == (
         64, 2, 2, 256)
     assert bert.vocab_size == 30522
+
+
+def test_config_modules_import_no_third_party_package():
+    # The CLI reads configs at start-up; PyYAML is needed only once a YAML file is actually read.
+    code = (
+        "import sys; from odinw_bench.models.glip.config import get_preset; get_preset('glip-l');"
+        "print(sorted(m for m in ('yaml', 'torch', 'transformers', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

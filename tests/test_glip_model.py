@@ -12,14 +12,18 @@ import pytest
 import torch
 
 from odinw_bench.models.glip.checkpoint import load_glip_state_dict, tolerated_reason
-from odinw_bench.models.glip.config import from_official_yaml, get_preset
+from odinw_bench.models.glip.config import get_preset
+from odinw_bench.models.glip.official_config import from_official_yaml
 from odinw_bench.models.glip.fusion import BiMultiHeadAttention
 from odinw_bench.models.glip.model import GLIP
 from odinw_bench.models.glip.postprocess import rescale_boxes
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
 @pytest.fixture(scope="module")
-def fixture_model(glip_reference):
+def cpu_fixture_model(glip_reference):
     """GLIP at the fixture's size with the fixture's weights, fusion dropout 0 as the fixture set it."""
     torch.manual_seed(0)
     cfg = from_official_yaml(glip_reference.config_path, bert_config=glip_reference.meta["bert_config"])
@@ -32,11 +36,18 @@ def fixture_model(glip_reference):
     return model.eval()
 
 
-def _inputs(ref):
+@pytest.fixture(params=DEVICES)
+def fixture_model(request, cpu_fixture_model):
+    """The fixture model on each available device (CUDA runs the same parity checks where a GPU is present)."""
+    return cpu_fixture_model.to(request.param)
+
+
+def _inputs(ref, device="cpu"):
     inp = ref.inputs
     sizes = [tuple(int(v) for v in hw) for hw in inp["images.image_sizes_hw"]]
     positive_map = {int(k): v for k, v in ref.meta["positive_map_label_to_token"].items()}
-    return inp["images.tensor"], sizes, inp["text.input_ids"], inp["text.attention_mask"], positive_map
+    tensors = [inp[k].to(device) for k in ("images.tensor", "text.input_ids", "text.attention_mask")]
+    return tensors[0], sizes, tensors[1], tensors[2], positive_map
 
 
 def _sorted(boxes, scores, labels):
@@ -47,8 +58,9 @@ def _sorted(boxes, scores, labels):
 
 
 def test_fixture_detections_equal_official(fixture_model, glip_reference):
-    images, sizes, ids, mask, pmap = _inputs(glip_reference)
-    dets = fixture_model.predict(images, sizes, ids, mask, pmap)
+    device = next(fixture_model.parameters()).device
+    images, sizes, ids, mask, pmap = _inputs(glip_reference, device)
+    dets = [{k: v.cpu() for k, v in d.items()} for d in fixture_model.predict(images, sizes, ids, mask, pmap)]
     out = glip_reference.outputs
     for i, det in enumerate(dets):
         ref_boxes, ref_scores = out[f"detections.img{i}.boxes_sorted"], out[f"detections.img{i}.scores_sorted"]
@@ -69,8 +81,8 @@ def test_fixture_detections_equal_official(fixture_model, glip_reference):
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=2e-2, rtol=0)
 
 
-def _train_targets(ref):
-    inp = ref.inputs
+def _train_targets(ref, device="cpu"):
+    inp = {k: v.to(device) for k, v in ref.inputs.items() if k.startswith("train.")}
     rows = inp["train.positive_map"]
     targets, start = [], 0
     for i in range(2):
@@ -81,19 +93,20 @@ def _train_targets(ref):
 
 
 def test_fixture_losses_and_gradients_equal_official(fixture_model, glip_reference):
-    images, _, ids, mask, _ = _inputs(glip_reference)
+    device = next(fixture_model.parameters()).device
+    images, _, ids, mask, _ = _inputs(glip_reference, device)
     fixture_model.train()
     try:
         fixture_model.zero_grad()
-        losses = fixture_model.compute_losses(images, ids, mask, _train_targets(glip_reference))
+        losses = fixture_model.compute_losses(images, ids, mask, _train_targets(glip_reference, device))
         total = sum(losses.values())
         total.backward()
     finally:
         fixture_model.eval()
     out = glip_reference.outputs
     for name, value in losses.items():
-        torch.testing.assert_close(value.reshape(1), out[f"train.loss.{name}"], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(total.reshape(1), out["train.loss.total"], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(value.reshape(1).cpu(), out[f"train.loss.{name}"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(total.reshape(1).cpu(), out["train.loss.total"], rtol=1e-4, atol=1e-6)
     params = dict(fixture_model.named_parameters())
     norms = glip_reference.meta["training"]["grad_norms"]
     for name, norm in norms.items():
@@ -101,7 +114,7 @@ def test_fixture_losses_and_gradients_equal_official(fixture_model, glip_referen
         assert params[name].grad.norm().item() == pytest.approx(norm, rel=2e-3, abs=1e-6), name
     for key, grad in out.items():
         if key.startswith("train.grad."):
-            torch.testing.assert_close(params[key[len("train.grad."):]].grad, grad, rtol=2e-3, atol=2e-5)
+            torch.testing.assert_close(params[key[len("train.grad."):]].grad.cpu(), grad, rtol=2e-3, atol=2e-5)
 
 
 @pytest.mark.parametrize(("preset", "manifest"), [("glip-t", "keys_glip_t.json"), ("glip-l", "keys_glip_l.json")])

@@ -1,14 +1,10 @@
-"""Run records: schema validation, run ids, atomic writes, and the concurrent leaderboard CSV."""
+"""Run records: schema validation, run ids and atomic writes."""
 
 from __future__ import annotations
 
-import copy
-import csv
 import json
-import multiprocessing
 import os
 import re
-import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -104,26 +100,6 @@ def test_record_path_sanitises_hub_style_model_names(tmp_path):
     path = results.record_path(tmp_path, record)
     assert path.parent.parent.name == "org_glip-t_a_"
     assert path.name.startswith("kall_s3_")
-
-
-def test_collect_git_none_outside_a_repository(tmp_path):
-    assert results.collect_git(tmp_path) is None
-
-
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git executable")
-def test_collect_git_reports_commit_and_dirty_flag(tmp_path):
-    def git(*args):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
-                       capture_output=True)  # fmt: skip
-
-    git("init", "-q")
-    (tmp_path / "a.txt").write_text("a")
-    git("add", "a.txt")
-    git("commit", "-q", "-m", "init")
-    clean = results.collect_git(tmp_path)
-    assert re.fullmatch(r"[0-9a-f]{40}", clean["commit"]) and clean["dirty"] is False
-    (tmp_path / "a.txt").write_text("changed")
-    assert results.collect_git(tmp_path) == {"commit": clean["commit"], "dirty": True}
 
 
 # ---- validation names the field ----
@@ -270,76 +246,3 @@ def test_invalid_record_is_not_written(tmp_path):
     with pytest.raises(UserError, match="seed"):
         results.write_record(tmp_path / "r.json", make_test_record(seed="x", run_id="r1"))
     assert not (tmp_path / "r.json").exists()
-
-
-# ---- leaderboard CSV ----
-
-
-def _append_many(csv_path: str, worker: int, count: int, barrier) -> None:
-    barrier.wait(timeout=60)  # start together, so the first rows and the header really race
-    for i in range(count):
-        run_id = f"w{worker:02d}r{i:03d}"
-        results.append_leaderboard_row(csv_path, make_test_record(run_id=run_id, seed=i, ap=(worker + 1) / 100))
-
-
-def test_concurrent_appends_give_exactly_one_header_and_all_rows(tmp_path):
-    import pandas as pd
-
-    csv_path = tmp_path / "leaderboard.csv"
-    ctx = multiprocessing.get_context("spawn")  # no fork of a possibly multi-threaded pytest process
-    barrier = ctx.Barrier(8)
-    procs = [ctx.Process(target=_append_many, args=(str(csv_path), w, 50, barrier)) for w in range(8)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert [p.exitcode for p in procs] == [0] * 8
-
-    lines = csv_path.read_text().splitlines()
-    assert lines.count(",".join(results.LEADERBOARD_COLUMNS)) == 1 and lines[0].startswith("run_id,")
-    assert len(lines) == 401
-    rows = list(csv.reader(lines))
-    assert all(len(r) == len(results.LEADERBOARD_COLUMNS) for r in rows)
-    frame = pd.read_csv(csv_path)
-    assert len(frame) == 400 and frame["run_id"].is_unique
-    assert list(frame.columns) == list(results.LEADERBOARD_COLUMNS)
-    per_worker = frame.groupby(frame["run_id"].str[:3])["AP"].agg(["count", "first"])
-    assert per_worker["count"].tolist() == [50] * 8
-    assert per_worker["first"].tolist() == pytest.approx([(w + 1) / 100 for w in range(8)])
-
-
-def test_same_run_id_replaces_its_row(tmp_path):
-    csv_path = tmp_path / "lb.csv"
-    results.append_leaderboard_row(csv_path, make_test_record(run_id="aaa", ap=0.1))
-    results.append_leaderboard_row(csv_path, make_test_record(run_id="bbb", ap=0.2))
-    results.append_leaderboard_row(csv_path, make_test_record(run_id="aaa", ap=0.3))
-    rows = list(csv.DictReader(csv_path.open()))
-    assert [(r["run_id"], float(r["AP"])) for r in rows] == [("aaa", 0.3), ("bbb", 0.2)]
-    assert rows[0]["val_AP"] == "0.4" and rows[0]["APs"] == ""  # None -> empty cell
-    assert rows[0]["trainable_params"] == "1024" and rows[0]["git_dirty"] == "False"
-
-
-def test_torn_last_line_is_dropped_not_extended(tmp_path):
-    csv_path = tmp_path / "lb.csv"
-    results.append_leaderboard_row(csv_path, make_test_record(run_id="aaa"))
-    with csv_path.open("a") as fh:
-        fh.write("zzz,ok,aquar")  # a crash in the middle of a write
-    results.append_leaderboard_row(csv_path, make_test_record(run_id="bbb"))
-    assert [r["run_id"] for r in csv.DictReader(csv_path.open())] == ["aaa", "bbb"]
-
-
-def test_leaderboard_with_other_columns_is_refused(tmp_path):
-    csv_path = tmp_path / "lb.csv"
-    csv_path.write_text("run_id,AP\nx,0.1\n")
-    with pytest.raises(UserError) as info:
-        results.append_leaderboard_row(csv_path, make_test_record())
-    assert info.value.path == str(csv_path) and info.value.field == "header"
-    assert csv_path.read_text() == "run_id,AP\nx,0.1\n"
-
-
-def test_record_is_not_mutated_by_writers(tmp_path):
-    record = make_test_record()
-    snapshot = copy.deepcopy(record)
-    results.write_record(tmp_path / "r.json", record)
-    results.append_leaderboard_row(tmp_path / "lb.csv", record)
-    assert record == snapshot

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ with no ground truth (e.g. no small objects).
 """
 
 # Rows of the summary table, in order.
-_TABLE_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the task split and the predictions, score them, and report."""
     from odinw_bench.data.coco import load_task_split
     from odinw_bench.errors import UserError
-    from odinw_bench.evaluation import evaluate_detections, read_predictions
+    from odinw_bench.evaluation import evaluate_detections, format_eval_table, read_predictions
     from odinw_bench.tasks import load_task, resolve_data_root
 
     task = load_task(args.task)
@@ -67,23 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_table(task.display_name, split, result))
+        print(format_eval_table(f"{task.display_name} / {split}", result))
     return 0
-
-
-def _percent(value: float) -> str:
-    return "-" if math.isnan(value) else f"{100 * value:.1f}"
-
-
-def format_table(display_name: str, split: str, result: Any) -> str:
-    """A plain-text table of the summary metrics and the per-category AP (x 100)."""
-    lines = [f"{display_name} / {split}: {result.num_images} images, {result.num_predictions} predictions", ""]
-    width = max([len(m) for m in _TABLE_METRICS] + [len(c) for c in result.per_category] + [len("category")])
-    lines.append(f"{'metric':<{width}}  {'value':>6}")
-    lines += [f"{name:<{width}}  {_percent(result.metrics[name]):>6}" for name in _TABLE_METRICS]
-    lines += ["", f"{'category':<{width}}  {'AP':>6}"]
-    lines += [f"{name:<{width}}  {_percent(ap):>6}" for name, ap in result.per_category.items()]
-    return "\n".join(lines)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

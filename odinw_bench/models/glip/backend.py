@@ -22,7 +22,8 @@ from torch import nn
 from odinw_bench.errors import UserError
 from odinw_bench.models.base import DetectionBatch, Detections, DetectorBackend
 from odinw_bench.models.glip import preprocess
-from odinw_bench.models.glip.config import GLIPConfig, from_official_yaml, get_preset
+from odinw_bench.models.glip.config import GLIPConfig, get_preset
+from odinw_bench.models.glip.official_config import from_official_yaml
 from odinw_bench.models.glip.model import GLIP
 from odinw_bench.models.glip.postprocess import rescale_boxes
 

@@ -1,0 +1,144 @@
+"""The leaderboard CSV: one flat row per run, appended safely by many concurrent runs.
+
+The run records (:mod:`odinw_bench.results`) stay the source of truth; this file is a convenient flat view of
+them that a spreadsheet or ``pandas.read_csv`` opens directly. Writers serialise on a lock file, a row is
+appended with one complete ``write``, a rerun of the same ``run_id`` replaces its row, and a torn last line left
+by a crash is dropped rather than extended.
+
+Example::
+
+    from odinw_bench import leaderboard, results
+
+    record = results.read_record("results/runs/aquarium/glip-t/prompt_tuning/k1_s3_0123456789ab.json")
+    leaderboard.append_leaderboard_row("results/leaderboard.csv", record)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from odinw_bench.errors import UserError
+from odinw_bench.results import COCO_METRICS, SELECT_VAL_AP, atomic_write_text, to_plain, validate_record
+
+logger = logging.getLogger(__name__)
+
+#: Columns of the leaderboard CSV, in order. Metric values are fractions as in the record; empty = none.
+LEADERBOARD_COLUMNS = (
+    "run_id", "status", "task", "task_version", "split", "prompt", "model", "checkpoint_sha256", "regime",
+    "shots", "seed", "sampler", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "val_AP",
+    "trainable_params", "total_params", "duration_s", "created_at", "git_commit", "git_dirty",
+)  # fmt: skip
+
+
+def leaderboard_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Flatten a record into the :data:`LEADERBOARD_COLUMNS` (None for values it does not have)."""
+    metrics, git = record["metrics"], record.get("git") or {}
+    row = {
+        "run_id": record["run_id"],
+        "status": record["status"],
+        "task": record["task"]["name"],
+        "task_version": record["task"]["version"],
+        "split": record["split"],
+        "prompt": record["prompt"]["variant"],
+        "model": record["model"]["name"],
+        "checkpoint_sha256": record["model"]["checkpoint_sha256"],
+        "regime": record["regime"],
+        "shots": record["shots"],
+        "seed": record["seed"],
+        "sampler": record["sample"]["sampler"],
+        "val_AP": metrics.get(SELECT_VAL_AP),
+        "trainable_params": record["params"]["trainable"],
+        "total_params": record["params"]["total"],
+        "duration_s": record["duration_s"],
+        "created_at": record["created_at"],
+        "git_commit": git.get("commit"),
+        "git_dirty": git.get("dirty"),
+    }
+    row.update({name: metrics.get(name) for name in COCO_METRICS if name in LEADERBOARD_COLUMNS})
+    return {col: row[col] for col in LEADERBOARD_COLUMNS}
+
+
+def _csv_line(values: Iterable[Any]) -> str:
+    buf = io.StringIO()
+    # Newlines inside a value would split a row in two for line-based readers: flatten them.
+    cells = ["" if v is None else str(v).replace("\r", " ").replace("\n", " ") for v in values]
+    csv.writer(buf, lineterminator="\n").writerow(cells)
+    return buf.getvalue()
+
+
+def append_leaderboard_row(csv_path: str | Path, record: Mapping[str, Any]) -> Path:
+    """Add a record's row to a leaderboard CSV; safe when many processes append to the same file at once.
+
+    An exclusive ``fcntl.flock`` on ``<csv_path>.lock`` serialises writers. The header is written once, with the
+    first row. A new row is appended with a single ``write`` of the complete line, then flushed and fsynced, so
+    a reader never sees a partial row. **A run_id already in the file is replaced** (the newest record of a run
+    wins, e.g. a rerun after a failure); replacing rewrites the file atomically.
+
+    Raises:
+        UserError: If the record does not validate, or the existing file has different columns (written by
+            another schema version).
+    """
+    import fcntl  # POSIX only; imported here so that reading records works everywhere
+
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    row = leaderboard_row(validate_record(to_plain(record)))
+    line = _csv_line(row.values())
+    lock_fd = os.open(f"{csv_path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        lines = _read_leaderboard_lines(csv_path)
+        if not lines:
+            _append(csv_path, _csv_line(LEADERBOARD_COLUMNS) + line, truncate=True)
+            return csv_path
+        ids = [next(csv.reader([ln]), [""])[0] for ln in lines[1:]]
+        if row["run_id"] in ids:
+            index = 1 + ids.index(row["run_id"])
+            lines = lines[:index] + [line] + [ln for ln in lines[index + 1 :] if not ln.startswith(f"{row['run_id']},")]
+            atomic_write_text(csv_path, "".join(lines))
+        else:
+            _append(csv_path, line)
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+    return csv_path
+
+
+def _read_leaderboard_lines(csv_path: Path) -> list[str]:
+    """Lines of an existing leaderboard (with newlines), after checking its header; [] if absent or empty."""
+    try:
+        text = csv_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    if text and not text.endswith("\n"):
+        # Only a crash during a write (power loss) leaves this; drop the torn line rather than extend it.
+        logger.warning("%s: dropping an incomplete last line", csv_path)
+        text = text[: text.rfind("\n") + 1]
+        atomic_write_text(csv_path, text)
+    lines = text.splitlines(keepends=True)
+    if lines and next(csv.reader([lines[0]])) != list(LEADERBOARD_COLUMNS):
+        raise UserError(
+            "the leaderboard has different columns than this odinw_bench writes; move it aside to start a new one",
+            path=csv_path,
+            field="header",
+        )
+    return lines
+
+
+def _append(csv_path: Path, text: str, *, truncate: bool = False) -> None:
+    data = text.encode("utf-8")
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+    fd = os.open(csv_path, flags, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):  # regular files write fully; a short write means the disk is full
+            raise OSError(f"short write to {csv_path} ({written} of {len(data)} bytes)")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
