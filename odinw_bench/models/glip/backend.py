@@ -73,7 +73,10 @@ class GLIPBackend(nn.Module, DetectorBackend):
         """Load an official ``.pth`` (``model`` dict, ``module.`` prefixes) or a converted ``.safetensors``."""
         from odinw_bench.models.glip.checkpoint import load_glip_state_dict, read_checkpoint
 
-        report = load_glip_state_dict(self.model, read_checkpoint(path, trust=trust), strict=strict)
+        state = read_checkpoint(path, trust=trust)
+        if "rpn.tunable_linear.weight" in state:  # a prompt-tuned checkpoint: GLIP built with ADD_LINEAR_LAYER
+            self.enable_prompt_tuning()
+        report = load_glip_state_dict(self.model, state, strict=strict)
         self.checkpoint = str(path)
         return report
 

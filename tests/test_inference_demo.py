@@ -1,0 +1,111 @@
+"""Predicting a split, scoring it, and the offline demo end to end (synthetic data, glip-micro, CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from odinw_bench.cli import main
+from odinw_bench.data.coco import load_task_split
+from odinw_bench.data.images import CorruptImageError
+from odinw_bench.evaluation import evaluate_detections, read_predictions
+from odinw_bench.inference import evaluate_split, predict_split
+from odinw_bench.models.glip.backend import GLIPBackend
+from odinw_bench.results import read_record
+from odinw_bench.tasks import load_task, resolve_data_root
+
+
+@pytest.fixture(scope="module")
+def demo_split(tmp_path_factory):
+    task = load_task("demo")
+    root = resolve_data_root(task, tmp_path_factory.mktemp("data"))
+    return task, load_task_split(task, "test", root)
+
+
+@pytest.fixture(scope="module")
+def detecting_backend(demo_split):
+    task, _ = demo_split
+    torch.manual_seed(0)
+    backend = GLIPBackend.from_preset("glip-micro").eval()
+    with torch.no_grad():  # spread the random logits so that detections pass GLIP's 0.05 threshold
+        backend.model.rpn.head.log_scale.fill_(-2.3)
+        backend.model.rpn.head.bias0.fill_(0.0)
+    backend.set_vocabulary(task.category_names, task.prompt)
+    return backend
+
+
+def test_evaluate_split_scores_its_own_predictions(demo_split, detecting_backend):
+    task, split = demo_split
+    result, predictions = evaluate_split(detecting_backend, split, progress=False)
+    assert predictions, "the tuned random model should produce detections"
+    assert {p["image_id"] for p in predictions} <= {im.id for im in split.images}
+    assert {p["category_id"] for p in predictions} <= set(task.category_ids)
+    per_image = {}
+    for p in predictions:
+        per_image[p["image_id"]] = per_image.get(p["image_id"], 0) + 1
+    assert max(per_image.values()) <= 105  # GLIP's 100 per image, ties at the cut aside
+    again = evaluate_detections(split.to_coco_dict(), predictions)
+    assert result.to_dict() == again.to_dict()  # NaN (no ground truth in an area range) becomes None
+    assert list(result.per_category) == task.category_names
+
+
+def test_batch_size_is_part_of_the_result(demo_split, detecting_backend):
+    # Padding is not masked in GLIP, so batching images of different sizes changes detections: batch 1 is the
+    # protocol and batch 2 must still give valid (if different) predictions.
+    _, split = demo_split
+    one = predict_split(detecting_backend, split.subset([im.id for im in split.images[:2]]), progress=False)
+    two = predict_split(detecting_backend, split.subset([im.id for im in split.images[:2]]), batch_size=2,
+                        progress=False)
+    assert one and two
+
+
+def test_corrupt_evaluation_image_is_an_error(demo_split, detecting_backend, tmp_path):
+    _, split = demo_split
+    image = split.images[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    bad = split.subset([image.id])
+    bad.images[0].path = broken
+    with pytest.raises(CorruptImageError, match="broken.jpg"):
+        predict_split(detecting_backend, bad, progress=False)
+
+
+def _leaderboard_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_demo_writes_record_predictions_and_one_leaderboard_row(tmp_path, capsys):
+    out, data = tmp_path / "results", tmp_path / "data"
+    assert main(["demo", "--output", str(out), "--data-root", str(data)]) == 0
+    printed = capsys.readouterr().out
+    assert "AP" in printed and "glip-micro" in printed and "zero-shot" in printed
+    records = sorted(out.glob("runs/demo/glip-micro/zero-shot/*.json"))
+    record_files = [p for p in records if not p.name.endswith("_predictions.json")]
+    assert len(record_files) == 1
+    record = read_record(record_files[0])
+    assert record["status"] == "ok" and record["task"]["name"] == "demo" and record["shots"] == 0
+    assert set(record["metrics"]) >= {"AP", "AP50", "AP-apple", "AP-lemon"}
+    predictions = read_predictions(record_files[0].with_name(record_files[0].stem + "_predictions.json"))
+    assert isinstance(predictions, list)
+    assert len(_leaderboard_rows(out / "leaderboard.csv")) == 1
+    # Same run again: same run id, the row is replaced, not duplicated.
+    assert main(["demo", "--output", str(out), "--data-root", str(data)]) == 0
+    assert len(_leaderboard_rows(out / "leaderboard.csv")) == 1
+
+
+def test_demo_runs_as_a_module(tmp_path):
+    env = dict(os.environ, ODINW_BENCH_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "odinw_bench", "demo", "--output", str(tmp_path / "r")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "leaderboard" in proc.stdout
+    assert (tmp_path / "cache" / "data" / "demo").is_dir()
+    records = [p for p in (tmp_path / "r").glob("runs/**/k0_s3_*.json") if not p.stem.endswith("_predictions")]
+    assert len(records) == 1 and json.loads(records[0].read_text())["split"] == "test"
