@@ -1,0 +1,179 @@
+"""Tuning regimes as data: which parameter groups of a backend train, and whether there is a fit at all.
+
+The four ODinW regimes reproduce GLIP's ``SOLVER.TUNING_HIGHLEVEL_OVERRIDE`` (``tools/finetune.py``):
+
+========== ===================== ==================================================================
+regime      GLIP override          trains
+========== ===================== ==================================================================
+zero-shot   (no fine-tuning)       nothing; evaluation only
+linear-probe ``linear_prob``       the 9 head tensors of GLIP's LINEAR_PROB rule (198,919 for GLIP-T)
+prompt      ``language_prompt_v2`` only the zero-initialised per-position text offset (``tunable_linear``)
+full        ``full``               everything but ``cls_logits`` and the stages frozen by FREEZE_CONV_BODY_AT
+language    ``language_prompt_v1`` the BERT language backbone only
+========== ===================== ==================================================================
+
+Example:
+    >>> regime = get_regime("linear-probe")
+    >>> trainable = apply_regime(backend, regime, freeze_conv_body_at=2)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from odinw_bench.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+# GLIP's LINEAR_PROB rule: of the rpn, only parameters whose name contains one of these stay trainable.
+LINEAR_PROBE_KEYS = ("bbox_pred", "cls_logits", "centerness", "cosine_scale", "dot_product_projection_text",
+                     "head.log_scale", "head.bias_lang", "head.bias0")
+# Never trained: the dead classifier of the dot-product head (GLIP freezes it in every regime).
+ALWAYS_FROZEN_KEYS = ("rpn.head.cls_logits.",)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One tuning regime.
+
+    Attributes:
+        name: Our name (``zero-shot``, ``linear-probe``, ``prompt``, ``full``, ``language``).
+        glip_name: The official ``TUNING_HIGHLEVEL_OVERRIDE`` it reproduces (recorded with results).
+        fit: Whether the regime trains at all (zero-shot only evaluates).
+        groups: Backend parameter groups (``DetectorBackend.parameter_groups``) that train.
+        name_filter: If set, only parameters whose name contains one of these substrings train.
+        eval_groups: Groups GLIP freezes *as modules* (``BACKBONE/FPN/RPN/LANGUAGE_BACKBONE.FREEZE``): they run
+            in eval mode during training. Linear probing freezes only backbone, FPN and language this way: the
+            head tower keeps GLIP's train-mode dropout although none of its parameters train.
+        prompt_tuning: Add the backend's prompt-tuning parameters first.
+        lr: Learning-rate override of the recipe (GLIP's prompt tuning uses 0.05), or None.
+        weight_decay: Weight-decay override (prompt tuning: 0.25), or None.
+    """
+
+    name: str
+    glip_name: str
+    fit: bool
+    groups: tuple[str, ...] = ()
+    name_filter: tuple[str, ...] | None = None
+    eval_groups: tuple[str, ...] = ()
+    prompt_tuning: bool = False
+    lr: float | None = None
+    weight_decay: float | None = None
+
+
+def regimes() -> dict[str, Regime]:
+    """All regimes by name (built on call: no module-level registry)."""
+    everything = ("backbone", "fpn", "language", "tower", "head")
+    return {r.name: r for r in (
+        Regime("zero-shot", "none", fit=False, eval_groups=everything),
+        Regime("linear-probe", "linear_prob", fit=True, groups=("head",), name_filter=LINEAR_PROBE_KEYS,
+               eval_groups=("backbone", "fpn", "language")),
+        Regime("prompt", "language_prompt_v2", fit=True, groups=("prompt",), eval_groups=everything,
+               prompt_tuning=True, lr=0.05, weight_decay=0.25),
+        Regime("full", "full", fit=True, groups=everything),
+        Regime("language", "language_prompt_v1", fit=True, groups=("language",),
+               eval_groups=("backbone", "fpn", "tower", "head")),
+    )}
+
+
+def get_regime(name: str) -> Regime:
+    """The regime called ``name`` (underscores accepted).
+
+    Raises:
+        UserError: For an unknown name, with the closest names.
+    """
+    known = regimes()
+    key = name.strip().lower().replace("_", "-")
+    if key in known:
+        return known[key]
+    close = difflib.get_close_matches(key, known, n=2, cutoff=0.4)
+    hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+    raise UserError(f"unknown regime '{name}'{hint}; known: {', '.join(known)}", field="--regime")
+
+
+def apply_regime(backend: nn.Module, regime: Regime, *, freeze_conv_body_at: int = -1) -> list[str]:
+    """Set ``requires_grad`` of every backend parameter as ``regime`` says, and return the trainable names.
+
+    Args:
+        backend: A backend (``DetectorBackend`` and ``nn.Module``).
+        regime: The regime to apply.
+        freeze_conv_body_at: GLIP's ``MODEL.BACKBONE.FREEZE_CONV_BODY_AT``: 2 (the ODinW recipe) also freezes the
+            Swin patch embedding and stage 1 in every regime; -1 freezes nothing more.
+
+    Returns:
+        Sorted names (as in ``backend.named_parameters()``) of the parameters that train.
+
+    Raises:
+        UserError: If a regime that fits would train nothing.
+    """
+    if regime.prompt_tuning:
+        backend.enable_prompt_tuning()
+    groups = backend.parameter_groups()
+    unknown = [g for g in regime.groups if g not in groups]
+    if unknown:
+        raise UserError(f"regime '{regime.name}' needs parameter groups {unknown} that backend "
+                        f"'{getattr(backend, 'name', type(backend).__name__)}' does not have", field="--regime")
+    chosen = {name for g in regime.groups for name in groups[g]}
+    if regime.name_filter is not None:
+        chosen = {n for n in chosen if any(key in n for key in regime.name_filter)}
+    chosen = {n for n in chosen if not any(key in n for key in ALWAYS_FROZEN_KEYS)}
+    chosen -= set(_stage_frozen_names(backend, freeze_conv_body_at))
+    for name, param in backend.named_parameters():
+        param.requires_grad_(name in chosen)
+    if regime.fit and not chosen:
+        raise UserError(f"regime '{regime.name}' would train no parameter of this model", field="--regime")
+    return sorted(chosen)
+
+
+def _stage_frozen_names(backend: nn.Module, freeze_conv_body_at: int) -> list[str]:
+    """Parameter names of the Swin stem and stages frozen by ``FREEZE_CONV_BODY_AT`` (GLIP's ``_freeze_stages``)."""
+    if freeze_conv_body_at < 0:
+        return []
+    names = []
+    for name, param in backend.named_parameters():
+        if ".backbone.body.patch_embed." in f".{name}":
+            names.append(name)
+        for stage in range(max(freeze_conv_body_at - 1, 0)):
+            if f".backbone.body.layers.{stage}." in f".{name}":
+                names.append(name)
+    return names
+
+
+def set_frozen_modules_eval(backend: nn.Module, regime: Regime, *, freeze_conv_body_at: int = -1) -> list[str]:
+    """Put the modules GLIP freezes into eval mode (no dropout, drop path or DropBlock there).
+
+    GLIP re-applies this on every ``train()`` call (``GeneralizedVLRCNN.train``); call it after ``backend.train()``.
+    A module is switched when all its parameters belong to the regime's ``eval_groups`` or to the Swin stages
+    frozen by ``freeze_conv_body_at``; modules without parameters follow their parent.
+
+    Returns:
+        Names of the switched modules (outermost only).
+    """
+    groups = backend.parameter_groups()
+    frozen = {name for g in regime.eval_groups if g in groups for name in groups[g]}
+    frozen |= set(_stage_frozen_names(backend, freeze_conv_body_at))
+    switched: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        names = [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters()]
+        if names and all(n in frozen for n in names):
+            module.eval()
+            switched.append(prefix or "<root>")
+            return
+        for child_name, child in module.named_children():
+            visit(f"{prefix}.{child_name}" if prefix else child_name, child)
+
+    visit("", backend)
+    return switched
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter elements of ``model``."""
+    total = trainable = 0
+    for param in model.parameters():
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return trainable, total
