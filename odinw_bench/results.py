@@ -65,13 +65,15 @@ class PromptInfo(TypedDict):
 
 
 class SampleInfo(TypedDict):
-    """The k-shot sample: ``sampler`` (``glip``, ``prepared``), sha256 hex[:16] of the sorted train image ids and
-    their count, the same for the validation images used for selection (None: full split or none), and
-    ``shortfall`` = {category name: images available} for categories with fewer than k images."""
+    """The k-shot sample: ``sampler`` (``glip``, ``prepared``, ``none``), the sorted train image ids with their
+    sha256 hex[:16] and count, the same for the validation images used for selection (None: full split or none),
+    and ``shortfall`` = {category name: images available} for categories with fewer than k images."""
 
     sampler: str
+    train_ids: list[int]
     train_ids_hash: str | None
     train_count: int
+    val_ids: list[int] | None
     val_ids_hash: str | None
     val_count: int | None
     shortfall: dict[str, int]

@@ -49,7 +49,8 @@ def make_record(task, regime, seed, ap, *, version=1, split="test", prompt="defa
         "shots": 1,
         "seed": seed,
         "regime": regime,
-        "sample": {"sampler": "glip", "train_ids_hash": "x", "train_count": 2, "val_ids_hash": None,
+        "sample": {"sampler": "glip", "train_ids": [1, 2], "train_ids_hash": "x", "train_count": 2, "val_ids": None,
+                   "val_ids_hash": None,
                    "val_count": None, "shortfall": {}},  # fmt: skip
         "model": {"name": "m", "checkpoint": None, "checkpoint_sha256": None},
         "config": cfg,

@@ -35,8 +35,10 @@ def make_test_record(task="aquarium", seed=3, ap=0.42, run_id=None, **changes) -
         "regime": "prompt_tuning",
         "sample": {
             "sampler": "glip",
+            "train_ids": [3, 7, 11, 12],
             "train_ids_hash": "0123456789abcdef",
             "train_count": 4,
+            "val_ids": None,
             "val_ids_hash": None,
             "val_count": None,
             "shortfall": {"penguin": 0},
@@ -131,6 +133,7 @@ def _set(record: dict, dotted: str, value) -> None:
         ("model", None, "expected an object"),
         ("prompt.captions", "fish", "list of string"),
         ("sample.train_count", 1.5, "expected integer"),
+        ("sample.train_ids", [3, "7"], "list of integer"),
         ("metrics.AP", 42.0, "fractions, not percentages"),
         ("metrics.AP50", "high", "number or null"),
         ("metrics.AP", None, "numeric AP"),
