@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -19,17 +18,19 @@ from odinw_bench import __version__
 from odinw_bench.errors import UserError
 
 # Order shown in --help. Plain data: the modules are imported when the parser is built, never at package import.
-COMMANDS: tuple[str, ...] = ("tasks", "validate", "download", "evaluate", "report", "demo")
+COMMANDS: tuple[str, ...] = ("run", "tasks", "validate", "download", "evaluate", "report", "demo")
 
 EPILOG = """\
 examples:
+  python -m odinw_bench run --task aquarium --shots 1          # fine-tune GLIP-T on 1-shot Aquarium, seed 3
+  python -m odinw_bench run --task aquarium --shots 3 --regime prompt --seed 3 30 300
   python -m odinw_bench tasks --suite odinw13                 # list the 13 ODinW tasks
   python -m odinw_bench tasks --data-root DATASET/odinw        # ... with image/box counts per split
   python -m odinw_bench download --suite odinw13 --data-root DATASET/odinw
   python -m odinw_bench validate --task aquarium --data-root DATASET/odinw
   python -m odinw_bench evaluate --task aquarium --split test --predictions preds.json
   python -m odinw_bench report results/runs --out results/leaderboard
-  python -m odinw_bench demo                                   # offline demo on built-in synthetic data
+  python -m odinw_bench demo                                   # offline: zero-shot + 1-shot on synthetic data
 """
 
 
@@ -46,8 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        if importlib.util.find_spec(f"odinw_bench.commands.{name}") is None:  # TEMP during bring-up
-            continue
         module = importlib.import_module(f"odinw_bench.commands.{name}")
         cmd = sub.add_parser(
             name,

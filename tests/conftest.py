@@ -18,6 +18,17 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """One intra-op thread per xdist worker: ``-n 2`` on 2 cores with 2 torch threads each oversubscribes the CPU,
+    and spinning OpenMP threads then slow every test by an order of magnitude. Subprocesses inherit the setting."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def _reference_dir() -> Path:
     env = os.environ.get("ODINW_GLIP_REFERENCE")
     return Path(env) if env else REPO_ROOT.parent / "shared" / "glip_reference"

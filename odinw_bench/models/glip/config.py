@@ -278,7 +278,12 @@ def _glip_l() -> GLIPConfig:
 
 
 def _glip_micro() -> GLIPConfig:
-    """GLIP-T code paths at a tiny size (the architecture of the golden fixture), for tests and the offline demo."""
+    """GLIP-T code paths at a tiny size, for tests and the offline demo.
+
+    The architecture is the golden fixture's except for the fusion width: GLIP hard-codes a 2048-wide, 8-head
+    MHA-B at every model size, which dominates a tiny model's CPU time (B·heads·N_visual·256 attention maps), so
+    glip-micro fuses at 256 wide with 4 heads. Input sizes match the 160×128 images of the built-in demo task.
+    """
     bert = dict(BERT_BASE_UNCASED, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
     bert.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return GLIPConfig(
@@ -287,9 +292,8 @@ def _glip_micro() -> GLIPConfig:
                         out_channels=(32, 64, 128, 256)),
         fpn=FPNConfig(out_channels=64, drop_block_prob=0.0),
         language=LanguageConfig(bert=bert, lang_dim=64),
-        dyhead=DyHeadConfig(channels=64, num_convs=2),
-        # Small images keep CPU runs fast; the fixture uses the same test sizes.
-        input=InputConfig(min_size_test=320, max_size_test=512, min_size_train=(256, 288, 320), max_size_train=512),
+        dyhead=DyHeadConfig(channels=64, num_convs=2, fuse_embed_dim=256, fuse_num_heads=4),
+        input=InputConfig(min_size_test=160, max_size_test=256, min_size_train=(128, 144, 160), max_size_train=256),
     )
 
 

@@ -1,0 +1,94 @@
+"""Training speed of each regime: optimisation steps per second on glip-micro (and glip-t with --models).
+
+Usage:
+    python bench/bench_regimes.py                          # glip-micro, CPU, batch 4 of 160x128 demo-size images
+    python bench/bench_regimes.py --models glip-t --device cuda --size 800 --batch 4
+
+Each regime is applied as in a run (``apply_regime`` with FREEZE_CONV_BODY_AT 2, frozen modules in eval mode);
+a step is forward + losses + backward + AdamW step. Frozen parts build no autograd graph, so linear probing and
+prompt tuning should cost little more than a forward pass. Prints steps/s and the forward share of a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from odinw_bench.models.glip.backend import GLIPBackend  # noqa: E402
+from odinw_bench.models.glip.config import get_preset  # noqa: E402
+from odinw_bench.regimes import apply_regime, count_parameters, get_regime, set_frozen_modules_eval  # noqa: E402
+
+NAMES = ["apple", "banana", "cherry", "lemon"]
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(preset: str, regime_name: str, device: str, size: int | None, batch: int, steps: int) -> dict:
+    torch.manual_seed(0)
+    cfg = get_preset(preset)
+    if size is not None:
+        cfg = cfg.replace(input=dataclasses.replace(cfg.input, min_size_train=(size,), max_size_train=int(size * 1.6)))
+    backend = GLIPBackend(cfg).to(device)
+    backend.set_vocabulary(NAMES)
+    regime = get_regime(regime_name)
+    apply_regime(backend, regime, freeze_conv_body_at=2)
+    backend.train()
+    set_frozen_modules_eval(backend, regime, freeze_conv_body_at=2)
+    optimizer = torch.optim.AdamW([p for p in backend.parameters() if p.requires_grad], lr=1e-4)
+    w, h = (160, 128) if size is None else (int(size * 1.5), size)
+    images = [Image.new("RGB", (w, h), (40 * i, 120, 200)) for i in range(batch)]
+    targets = [{"boxes": [[10, 10, w // 2, h // 2]], "labels": [i % len(NAMES)]} for i in range(batch)]
+    step_times, fwd_times = [], []
+    rng = random.Random(0)
+    for i in range(steps + 1):
+        data = backend.preprocess(images, targets, train=True, rng=rng).to(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = sum(backend.compute_losses(data).values())
+        _sync(device)
+        t1 = time.perf_counter()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        if i:  # the first step warms up
+            step_times.append(time.perf_counter() - t0)
+            fwd_times.append(t1 - t0)
+    step = statistics.median(step_times)
+    return {"steps_per_s": 1 / step, "forward_share": statistics.median(fwd_times) / step,
+            "trainable": count_parameters(backend)[0], "input": tuple(data.images.shape[-2:])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="glip-micro")
+    parser.add_argument("--regimes", default="linear-probe,prompt,language,full")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, default=None, help="training short side (default: the preset's)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU threads, batch {args.batch}")
+    print(f"{'model':<11} {'regime':<13} {'input':<11} {'trainable':>12} {'steps/s':>8} {'fwd share':>9}")
+    for preset in args.models.split(","):
+        for regime in args.regimes.split(","):
+            r = bench(preset, regime, args.device, args.size, args.batch, args.steps)
+            print(f"{preset:<11} {regime:<13} {str(r['input']):<11} {r['trainable']:>12,} {r['steps_per_s']:8.2f} "
+                  f"{r['forward_share']:9.0%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

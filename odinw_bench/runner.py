@@ -1,0 +1,339 @@
+"""One run: a task, a shot count, a seed, a regime and a model → a record, predictions and a leaderboard row.
+
+``python -m odinw_bench run`` builds :class:`RunRequest` objects from its arguments and calls :func:`run_request`
+for each. A run that fits trains with Lightning under GLIP's recipe, keeps GLIP's ``model_best`` (best val AP,
+ties count) and reports the test AP of that checkpoint; a zero-shot run evaluates the model as loaded. Bad input
+fails before anything is written; a run that fails later writes a record with ``status: failed`` and its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from odinw_bench.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from odinw_bench.regimes import Regime
+    from odinw_bench.run_config import RunConfig
+    from odinw_bench.task_spec import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "glip-t"
+
+
+@dataclass
+class RunRequest:
+    """Everything one run needs; ``config`` is the recipe with the command-line overrides merged in."""
+
+    task: TaskSpec
+    prompt_variant: str | None
+    shots: int | str
+    seed: int
+    regime: Regime
+    model: str | None
+    checkpoint: Path | None
+    official_config: Path | None
+    trust_checkpoint: bool
+    data_root: Path
+    output: Path
+    split: str
+    config: RunConfig
+    resume: bool = False
+    progress: bool = True
+
+    @property
+    def model_name(self) -> str:
+        return self.model or Path(self.official_config).stem
+
+
+@dataclass
+class RunOutcome:
+    """What a run produced."""
+
+    record: dict
+    record_path: Path
+    predictions_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def requests_from_args(args: argparse.Namespace) -> list[RunRequest]:
+    """Check every argument before anything runs, and expand tasks × seeds into requests."""
+    from odinw_bench.regimes import get_regime
+    from odinw_bench.run_config import load_run_config
+    from odinw_bench.tasks import resolve_data_root, resolve_tasks
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.devices, "trainer.devices"), (args.precision, "trainer.precision"),
+                      (args.wandb, "wandb.mode")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    config = load_run_config(args.recipe, overrides)
+    if args.model and args.config:
+        raise UserError("give --model (a preset) or --config (an official GLIP YAML), not both", field="--config")
+    model = None if args.config else (args.model or DEFAULT_MODEL)
+    regime = get_regime(args.regime or ("zero-shot" if args.shots == 0 else "full"))
+    if args.shots == 0 and regime.fit:
+        raise UserError(f"--shots 0 is zero-shot: regime '{regime.name}' needs training data", field="--regime")
+    requests = []
+    for task, suite_variant in resolve_tasks(args.task):
+        variant = args.prompt or suite_variant
+        if variant not in (None, "default") and variant not in task.prompt_variants:
+            raise UserError(f"task '{task.name}' has no prompt variant '{variant}' "
+                            f"(known: default, {', '.join(task.prompt_variants) or 'none'})", field="--prompt")
+        split = args.split or task.test_split
+        if split not in task.splits:
+            raise UserError(f"task '{task.name}' has no split '{split}'", field="--split")
+        data_root = resolve_data_root(task, args.data_root)
+        for seed in args.seed:
+            requests.append(RunRequest(
+                task=task, prompt_variant=variant, shots=args.shots, seed=seed, regime=regime, model=model,
+                checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+                official_config=Path(args.config) if args.config else None,
+                trust_checkpoint=args.trust_checkpoint, data_root=data_root, output=Path(args.output),
+                split=split, config=config, resume=args.resume, progress=not args.no_progress))
+    return requests
+
+
+def _build_backend(req: RunRequest) -> tuple[Any, dict]:
+    """The backend with its weights, and the record's model entry (name, checkpoint, sha256)."""
+    from odinw_bench.models.glip.backend import load_glip
+    from odinw_bench.models.glip.checkpoint import sha256_file
+
+    if req.official_config is not None:
+        backend = load_glip(config=req.official_config, checkpoint=req.checkpoint,
+                            trust_checkpoint=req.trust_checkpoint)
+    else:
+        backend = load_glip(req.model, checkpoint=req.checkpoint, trust_checkpoint=req.trust_checkpoint)
+    ckpt = backend.checkpoint
+    return backend, {"name": req.model_name, "checkpoint": ckpt,
+                     "checkpoint_sha256": sha256_file(ckpt) if ckpt else None}
+
+
+def run_request(req: RunRequest) -> RunOutcome:
+    """Run one request end to end and write its record, predictions and leaderboard row."""
+    import pytorch_lightning as pl
+
+    from odinw_bench.results import make_run_id
+
+    started = time.time()
+    pl.seed_everything(req.seed, workers=True, verbose=False)
+    backend, model_info = _build_backend(req)
+    resolved = req.config.resolved_for(req.regime, req.shots)
+    identity = {"resolved": resolved, "prompt": req.prompt_variant or "default", "split": req.split,
+                "model_config": backend.config.to_dict()}
+    run_id = make_run_id(req.task.name, req.task.version, model_info["name"], model_info["checkpoint_sha256"],
+                         req.regime.name, req.shots, req.seed, identity)
+    context = {"run_id": run_id, "model": model_info, "resolved": resolved, "identity": identity,
+               "started": started}
+    try:
+        outcome = _execute(req, backend, context)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        _write_failure(req, context, err)
+        raise
+    return outcome
+
+
+def _execute(req: RunRequest, backend: Any, ctx: dict) -> RunOutcome:
+    from odinw_bench.datamodule import ODinWDataModule
+    from odinw_bench.inference import evaluate_split
+    from odinw_bench.regimes import apply_regime, count_parameters
+
+    resolved = ctx["resolved"]
+    backend.set_vocabulary(req.task.category_names, req.task.prompt_for(req.prompt_variant))
+    data = resolved["data"]
+    dm = ODinWDataModule(
+        task=req.task, data_root=req.data_root, backend=backend, shots=req.shots, seed=req.seed,
+        sampler=data["sampler"], batch_size=_per_device_batch(data["batch_size"], resolved["trainer"]["devices"]),
+        eval_batch_size=data["eval_batch_size"], num_workers=data["num_workers"],
+        dataset_copies=data["dataset_copies"], test_split=req.split, subsample_val=data["subsample_val"])
+    dm.setup()
+    timings: dict[str, float] = {}
+    fit_info: dict[str, Any] = {}
+    if req.regime.fit:
+        t0 = time.time()
+        fit_info = _fit(req, backend, dm, ctx)
+        timings["fit_s"] = time.time() - t0
+    else:
+        apply_regime(backend, req.regime, freeze_conv_body_at=resolved["model"]["freeze_conv_body_at"])
+    params = dict(zip(("trainable", "total"), count_parameters(backend)))
+    t0 = time.time()
+    result, predictions = evaluate_split(backend, dm.test_split_data, batch_size=data["eval_batch_size"],
+                                         progress=req.progress)
+    timings["test_s"] = time.time() - t0
+    return _save(req, backend, dm, ctx, result, predictions, params, timings, fit_info)
+
+
+def _per_device_batch(batch_size: int, devices: Any) -> int:
+    """GLIP's batch is global (4 = 4 GPUs × 1 image): split it over the devices of one DDP run."""
+    n = devices if isinstance(devices, int) else 1
+    if n > 1 and batch_size % n:
+        raise UserError(f"data.batch_size={batch_size} (global, as GLIP) is not divisible by {n} devices",
+                        field="data.batch_size")
+    return max(batch_size // max(n, 1), 1)
+
+
+def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
+    """Train with Lightning under GLIP's recipe and load the best-val weights back into ``backend``."""
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from odinw_bench.callbacks import RngStateCheckpoint, glip_callbacks
+    from odinw_bench.module import DetectionModule
+    from odinw_bench.run_config import trainer_kwargs
+
+    resolved, run_id = ctx["resolved"], ctx["run_id"]
+    module = DetectionModule.from_resolved(backend, resolved, req.task.category_ids)
+    module.set_eval_ground_truth(val=dm.val_split_data.to_coco_dict())
+    ckpt_dir = req.output / "checkpoints" / run_id
+    glip = glip_callbacks(resolved["schedule"], ckpt_dir)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_last=False, save_top_k=1,
+                           every_n_epochs=1, enable_version_counter=False)
+    wb_logger = _wandb_logger(req, ctx)
+    ctx["wandb"] = wb_logger
+    trainer = pl.Trainer(**trainer_kwargs(resolved), callbacks=[*glip, last, RngStateCheckpoint()],
+                         logger=wb_logger if wb_logger is not None else False, default_root_dir=str(ckpt_dir),
+                         enable_progress_bar=req.progress, enable_model_summary=False, num_sanity_val_steps=0)
+    resume_from = ckpt_dir / "last.ckpt"
+    if req.resume and not resume_from.is_file():
+        logger.warning("no checkpoint to resume from at %s; starting from the beginning", resume_from)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if req.resume and resume_from.is_file()
+                    else None)
+    except torch.cuda.OutOfMemoryError as err:
+        raise UserError("out of GPU memory: lower data.batch_size (global batch) or use trainer.precision=16-mixed;"
+                        " more --devices split the batch", field="data.batch_size") from err
+    best = glip[1]
+    if best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    return {"best_val_AP": best.best_score, "best_epoch": best.best_epoch, "epochs": trainer.current_epoch,
+            "nonfinite_steps": module.nonfinite_steps, "best_checkpoint": best.best_model_path or None}
+
+
+def _wandb_logger(req: RunRequest, ctx: dict) -> Any:
+    from odinw_bench.wandb_logging import make_wandb_logger
+
+    wb = ctx["resolved"]["wandb"]
+    if wb["mode"] == "off" or ctx.get("wandb_started"):
+        return ctx.get("wandb")
+    ctx["wandb_started"] = True
+    shots = req.shots
+    return make_wandb_logger(
+        wb["mode"], save_dir=req.output, project=wb["project"], entity=wb["entity"],
+        group=f"{ctx['model']['name']}-{req.regime.name}-k{shots}", name=f"{req.task.name}-s{req.seed}",
+        tags=[req.task.name, ctx["model"]["name"], req.regime.name, f"k{shots}", f"seed{req.seed}"],
+        config={"run_id": ctx["run_id"], "task": req.task.name, "shots": shots, "seed": req.seed,
+                "regime": req.regime.name, "model": ctx["model"]["name"], **ctx["resolved"]})
+
+
+def _save(req, backend, dm, ctx, result, predictions, params, timings, fit_info) -> RunOutcome:
+    from odinw_bench.evaluation import write_predictions
+    from odinw_bench.leaderboard import append_leaderboard_row
+    from odinw_bench.results import SELECT_VAL_AP, record_path, write_record
+
+    metrics = dict(result.metrics)
+    metrics.update({f"AP-{name}": value for name, value in result.per_category.items()})
+    if fit_info.get("best_val_AP") is not None:
+        metrics[SELECT_VAL_AP] = fit_info["best_val_AP"]
+    record = _make_record(req, ctx, dm, backend, metrics, params, timings, fit_info)
+    path = record_path(req.output, record)
+    predictions_path = path.with_name(path.stem + "_predictions.json")
+    write_predictions(predictions_path, predictions)
+    write_record(path, record)
+    append_leaderboard_row(req.output / "leaderboard.csv", record)
+    _log_wandb_final(req, ctx, dm, result, predictions)
+    return RunOutcome(record, path, predictions_path)
+
+
+def _sample_info(dm: Any) -> dict:
+    train, val = dm.train_sample, dm.val_sample
+    return {"sampler": dm.sampler_used, "train_ids": list(train.image_ids), "train_ids_hash": train.ids_hash,
+            "train_count": len(train.image_ids), "val_ids": None if val is None else list(val.image_ids),
+            "val_ids_hash": None if val is None else val.ids_hash,
+            "val_count": None if val is None else len(val.image_ids), "shortfall": dict(train.shortfall)}
+
+
+def _make_record(req, ctx, dm, backend, metrics, params, timings, fit_info, error: str | None = None) -> dict:
+    from odinw_bench.results import make_record
+    from odinw_bench.tasks import task_sha256
+
+    task = req.task
+    config = {**ctx["identity"], "data": dm.describe() if dm is not None else None, "fit": fit_info}
+    captions = backend.prompt.captions if backend is not None else []
+    return make_record(
+        run_id=ctx["run_id"],
+        task={"name": task.name, "version": task.version, "sha256": task_sha256(task),
+              "display_name": task.display_name},
+        split=req.split, prompt={"variant": req.prompt_variant or "default", "captions": captions},
+        shots=req.shots, seed=req.seed, regime=req.regime.name,
+        sample=_sample_info(dm) if dm is not None else {
+            "sampler": "none", "train_ids": [], "train_ids_hash": None, "train_count": 0, "val_ids": None,
+            "val_ids_hash": None, "val_count": None, "shortfall": {}},
+        model=ctx["model"], config=config, metrics=metrics, params=params,
+        duration_s=time.time() - ctx["started"], timings=timings, error=error)
+
+
+def _write_failure(req: RunRequest, ctx: dict, err: BaseException) -> None:
+    """A failed run still leaves one complete record (status failed, with the error), never a partial one."""
+    from odinw_bench.results import record_path, write_record
+
+    try:
+        record = _make_record(req, ctx, None, None, {}, {"trainable": None, "total": None}, {}, {},
+                              error=f"{type(err).__name__}: {err}")
+        write_record(record_path(req.output, record), record)
+    except Exception:  # noqa: BLE001 - never hide the original error behind a reporting error
+        logger.exception("could not write the failure record of run %s", ctx.get("run_id"))
+
+
+def _log_wandb_final(req: RunRequest, ctx: dict, dm: Any, result: Any, predictions: list[dict]) -> None:
+    from odinw_bench.wandb_logging import log_final
+
+    wb_logger = ctx.get("wandb") or _wandb_logger(req, ctx)
+    if wb_logger is None:
+        return
+    images = _example_images(req, dm, predictions, ctx["resolved"]["wandb"]["log_images"])
+    log_final(wb_logger, {f"test/{k}": v for k, v in result.metrics.items()}, result.per_category, images,
+              req.task.category_names)
+
+
+def _coco_to_boxes(entries: list[dict], category_ids: list[int]) -> dict:
+    """COCO entries (xywh with GLIP's +1 widths) back to xyxy pixels with 0-based labels."""
+    boxes = [[x, y, x + w - 1, y + h - 1] for x, y, w, h in (e["bbox"] for e in entries)]
+    return {"boxes": boxes, "labels": [category_ids.index(e["category_id"]) for e in entries],
+            "scores": [e.get("score", 1.0) for e in entries]}
+
+
+def _example_images(req: RunRequest, dm: Any, predictions: list[dict], limit: int) -> list[tuple]:
+    """A few test images with their confident predictions and ground truth, for W&B."""
+    from odinw_bench.data.images import load_rgb
+
+    split, ids = dm.test_split_data, req.task.category_ids
+    out = []
+    for image in split.images[:limit]:
+        preds = [p for p in predictions if p["image_id"] == image.id and p["score"] >= 0.3]
+        out.append((load_rgb(image.path, expected_size=(image.width, image.height)), _coco_to_boxes(preds, ids),
+                    _coco_to_boxes(split.annotations.get(image.id, []), ids)))
+    return out
+
+
+def summary_table(outcomes: list[RunOutcome]) -> str:
+    """One line per run: task, regime, shots, seed, test AP / AP50 (×100), best val AP, record path."""
+    lines = [f"{'task':<24} {'regime':<13} {'shots':>5} {'seed':>5} {'AP':>6} {'AP50':>6} {'valAP':>6}  record"]
+    for o in outcomes:
+        r, m = o.record, o.record["metrics"]
+
+        def pct(v: Any) -> str:
+            return "-" if v is None or v != v else f"{100 * v:.1f}"
+        lines.append(f"{r['task']['name']:<24} {r['regime']:<13} {str(r['shots']):>5} {r['seed']:>5} "
+                     f"{pct(m.get('AP')):>6} {pct(m.get('AP50')):>6} {pct(m.get('select/val_AP')):>6}  "
+                     f"{o.record_path}")
+    return "\n".join(lines)
