@@ -335,19 +335,10 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
         UserError: If the file is missing, is not valid JSON (naming line, column and character position),
             is not a list, or holds a malformed prediction (naming its index and field).
     """
+    from odinw_bench.jsonio import read_json_file
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError("predictions file not found", path=path) from None
-    except OSError as err:
-        raise UserError(f"cannot read predictions: {err.strerror}", path=path) from None
-    try:
-        predictions = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(
-            f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno} (char {err.pos})", path=path
-        ) from None
+    predictions = read_json_file(path, what="predictions file")
     validate_predictions(predictions, source=path)
     return predictions
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from odinw_bench.errors import UserError
+from odinw_bench.jsonio import read_json_file
 from odinw_bench.provenance import collect_env, collect_git, utc_now
 from odinw_bench.typed_json import check_type, is_int
 
@@ -345,16 +346,7 @@ def read_record(path: str | Path) -> RunRecord:
         UserError: Naming the file (and field) if it is missing, not JSON, or does not match the schema.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("run record not found", path=path) from None
-    except OSError as err:
-        raise UserError(f"cannot read run record: {err.strerror}", path=path) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})", path=path) from None
+    data = read_json_file(path, what="run record")
     return validate_record(data, path=path)
 
 

@@ -126,4 +126,4 @@ def test_bad_split_and_malformed_file_exit_2(dataset, capsys, tmp_path):
     broken = tmp_path / "broken.json"
     broken.write_text("[{")
     assert main(evaluate_args(dataset, broken)) == 2
-    assert "not valid JSON" in capsys.readouterr().err
+    assert "malformed JSON" in capsys.readouterr().err

@@ -248,7 +248,7 @@ def test_read_predictions_errors(tmp_path):
         read_predictions(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text('[{"image_id": 1,\n  "score": }]')
-    with pytest.raises(UserError, match=r"not valid JSON: .* line 2 column 12 \(char 28\)") as err:
+    with pytest.raises(UserError, match=r"malformed JSON at line 2, column 12 \(char 28\)") as err:
         read_predictions(bad)
     assert err.value.path == str(bad)
     bad.write_text('{"image_id": 1}')

@@ -15,7 +15,6 @@ Two views of the boxes are kept, because GLIP itself uses two:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from odinw_bench.errors import UserError
+from odinw_bench.jsonio import read_json_file
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -152,18 +152,7 @@ def read_json(path: str | Path) -> dict:
             malformed or not an object.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark written by some tools
-    except FileNotFoundError:
-        raise UserError("file not found", path=path) from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"not UTF-8 text (byte {err.start})", path=path) from None
-    except OSError as err:
-        raise UserError(f"cannot read the file: {err.strerror or err}", path=path) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}", path=path) from None
+    data = read_json_file(path)
     if not isinstance(data, dict):
         raise UserError(f"expected a JSON object at the top level, found {type(data).__name__}", path=path)
     return data
