@@ -128,3 +128,18 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, data_root, ca
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.json")) and not (tmp_path / "leaderboard.csv").exists()
+
+
+def test_gpu_out_of_memory_says_which_knob_to_turn(tmp_path, data_root, capsys, monkeypatch):
+    import torch
+
+    from odinw_bench.module import DetectionModule
+
+    def oom(self, batch, batch_idx):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(DetectionModule, "training_step", oom)
+    assert _run(tmp_path, data_root, "--regime", "full") == 2
+    err = capsys.readouterr().err
+    assert "out of GPU memory" in err and "data.batch_size" in err
+    assert not (tmp_path / "leaderboard.csv").exists()
