@@ -210,7 +210,8 @@ def test_write_report_files(tmp_path, trailing_slash):
         assert paths["wide"] == tmp_path / "board" / "leaderboard.csv"
     else:
         assert paths == {"wide": tmp_path / "board.csv", "markdown": tmp_path / "board.md",
-                         "long": tmp_path / "board_summary.csv", "runs": tmp_path / "board_runs.csv"}  # fmt: skip
+                         "latex": tmp_path / "board.tex", "long": tmp_path / "board_summary.csv",
+                         "runs": tmp_path / "board_runs.csv", "sources": tmp_path / "board_sources.txt"}  # fmt: skip
     wide = pd.read_csv(paths["wide"])
     assert wide[["regime", "alpha_mean", "beta_mean", "duo_mean"]].values.tolist() == [
         ["prompt_tuning", pytest.approx(22.0), pytest.approx(30.0), pytest.approx(26.0)],

@@ -1,4 +1,5 @@
-"""``python -m odinw_bench report``: leaderboard tables from run records (mean ± std over seeds, suite average)."""
+"""``python -m odinw_bench report``: leaderboard tables from run records (mean ± std over seeds, suite average),
+data-efficiency plots, per-category AP, published numbers side by side, and a W&B copy."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from odinw_bench.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-HELP = "aggregate run records over seeds and tasks into leaderboard tables (text, CSV, Markdown)"
+HELP = "aggregate run records into leaderboard tables (text, CSV, Markdown, LaTeX), plots and comparisons"
 
 EPILOG = """\
 examples:
@@ -18,11 +19,21 @@ examples:
   python -m odinw_bench report results/runs --suite odinw13 --out results/leaderboard
   python -m odinw_bench report results/runs/aquarium --allow-partial --metric AP50 --out /tmp/aquarium/
   python -m odinw_bench report run1.json run2.json --seeds 3,30,300
+  python -m odinw_bench report results/runs --suite odinw13 --plots --per-category --formats md,tex
+  python -m odinw_bench report results/runs --suite odinw13 --compare        # next to published zero-shot AP
+  python -m odinw_bench report results/runs --suite odinw13 --plots --wandb offline
 
 Cells show mean ± sample std over seeds (AP x 100); the suite column is the mean of the task means.
 An incomplete grid is refused (the missing cells are listed) unless --allow-partial is given.
-Files written for --out P: P.csv (wide), P.md, P_summary.csv (long, with 95% CI), P_runs.csv (one row per run);
-for a folder (existing, or ending in /): leaderboard.csv, leaderboard.md, summary.csv, runs.csv inside it.
+Files written for --out P: P.csv (wide), P_summary.csv (long, with 95% CI), P_runs.csv (one row per run) [csv];
+P.md [md]; P.tex (booktabs; needs the booktabs package) [tex]; always P_sources.txt (every run record used).
+--per-category: P_per_category_<task>.csv, P_per_category.md. --plots: P_efficiency.png (suite average),
+P_efficiency_tasks.png (one panel per task). Published numbers (zero-shot rows of glip-t-a/-b/-c, glip-t,
+glip-l; shown whenever they apply, --compare insists): P_compare.{csv,md,tex}, with the split and prompt of
+each reference next to ours. For a folder (existing, or ending in /) the files are leaderboard.csv,
+leaderboard.md, leaderboard.tex, summary.csv, runs.csv, sources.txt, compare.csv, efficiency.png, ... inside it.
+--wandb offline|online: the tables and plots also go to a W&B run of job type "report" (in the folder of --out);
+a W&B failure is a warning, never an error.
 """
 
 
@@ -48,6 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output folder or path prefix for the CSV and Markdown files (default: results/leaderboard)",
     )
     parser.add_argument("--allow-partial", action="store_true", help="report an incomplete grid, marking its cells")
+    parser.add_argument("--formats", default="csv,md,tex",
+                        help="comma list of table formats to write: csv, md, tex (default: csv,md,tex)")
+    parser.add_argument("--plots", action="store_true", help="write data-efficiency plots (AP vs shots, PNG)")
+    parser.add_argument("--per-category", action="store_true", help="write per-category AP tables per task")
+    parser.add_argument("--compare", action="store_true",
+                        help="compare zero-shot rows with published numbers (default: whenever some apply)")
+    parser.add_argument("--wandb", choices=("off", "offline", "online"), default="off",
+                        help="also push tables and plots to a W&B run of job type 'report' (default: off)")
 
 
 def _parse_seeds(text: str | None) -> list[int] | None:
@@ -80,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from odinw_bench import report, results
 
     seeds = _parse_seeds(args.seeds)
+    formats = report.check_formats([f.strip() for f in args.formats.split(",") if f.strip()])
     records = list(results.iter_records(args.results))
     if not records:
         raise UserError(f"no run records found in {', '.join(args.results)}", field="RESULTS")
@@ -99,7 +119,10 @@ def run(args: argparse.Namespace) -> int:
         display=display,
         allow_partial=args.allow_partial,
     )
-    print(report.format_table(rep), end="")
-    paths = report.write_report(rep, args.out)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    outputs = report.produce(rep, args.out, formats=formats, plots=args.plots, per_category=args.per_category,
+                             compare=True if args.compare else None, wandb=args.wandb)
+    print(outputs.text, end="")
+    print("wrote " + ", ".join(str(p) for p in outputs.paths.values()))
+    if outputs.wandb_dir is not None:
+        print(f"W&B run: {outputs.wandb_dir}")
     return 0
