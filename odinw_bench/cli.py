@@ -18,7 +18,7 @@ from odinw_bench import __version__
 from odinw_bench.errors import UserError
 
 # Order shown in --help. Plain data: the modules are imported when the parser is built, never at package import.
-COMMANDS: tuple[str, ...] = ("run", "tasks", "validate", "download", "evaluate", "report", "demo")
+COMMANDS: tuple[str, ...] = ("run", "sweep", "tasks", "validate", "download", "evaluate", "report", "demo")
 
 EPILOG = """\
 examples:

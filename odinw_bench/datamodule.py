@@ -50,7 +50,7 @@ from odinw_bench.run_config import glip_dataset_copies
 from odinw_bench.models.base import DetectionBatch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from PIL import Image
 
@@ -255,6 +255,8 @@ class ODinWDataModule(pl.LightningDataModule):
         val_split: Model-selection split (default ``task.val_split``).
         test_split: Reported split (default ``task.test_split``).
         subsample_val: Subsample the val split from GLIP's prepared few-shot val file when it exists.
+        split_loader: ``(task, split, data_root) -> CocoSplit``; default :func:`load_task_split`. Sweep workers
+            pass a cached loader so a task is indexed once per process.
 
     Attributes (after :meth:`setup`):
         train_sample, val_sample: The :class:`KShotSample` drawn (``val_sample`` None when val is not subsampled).
@@ -267,7 +269,8 @@ class ODinWDataModule(pl.LightningDataModule):
     def __init__(self, *, task: TaskSpec, data_root: str | Path, backend: DetectorBackend, shots: int | str,
                  seed: int, sampler: str = "auto", batch_size: int = 4, eval_batch_size: int = 1,
                  num_workers: int = 0, dataset_copies: int | None = None, val_split: str | None = None,
-                 test_split: str | None = None, subsample_val: bool = True):
+                 test_split: str | None = None, subsample_val: bool = True,
+                 split_loader: Callable[..., CocoSplit] | None = None):
         super().__init__()
         if sampler not in SAMPLER_CHOICES:
             raise UserError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLER_CHOICES)}",
@@ -283,6 +286,7 @@ class ODinWDataModule(pl.LightningDataModule):
         self.val_split_name = val_split or task.val_split
         self.test_split_name = test_split or task.test_split
         self.subsample_val = subsample_val
+        self._load_split = split_loader or load_task_split
         self.batch_builder = make_batch_builder(backend)
         self.sampler_used: str | None = None
         self.train_sample: KShotSample | None = None
@@ -301,19 +305,19 @@ class ODinWDataModule(pl.LightningDataModule):
         if self._ready:
             return
         task, root = self.task, self.data_root
-        train_full = load_task_split(task, "train", root)
+        train_full = self._load_split(task, "train", root)
         self.sampler_used = self._resolve_sampler()
         self.train_sample = sample_kshot(train_full, self.shots, self.seed, self.sampler_used, task=task,
                                          data_root=root, split_name="train")
         self.train_split = train_full.subset(self.train_sample.image_ids)
-        val_full = load_task_split(task, self.val_split_name, root)
+        val_full = self._load_split(task, self.val_split_name, root)
         if self.subsample_val and self._prepared_file(self.val_split_name) is not None:
             self.val_sample = sample_kshot(val_full, self.shots, self.seed, "prepared", task=task, data_root=root,
                                            split_name=self.val_split_name)
             self.val_split_data = val_full.subset(self.val_sample.image_ids)
         else:
             self.val_split_data = val_full
-        self.test_split_data = load_task_split(task, self.test_split_name, root)
+        self.test_split_data = self._load_split(task, self.test_split_name, root)
         self._build_train_records()
         self._ready = True
         logger.info("%s %s-shot seed %s (%s): %d training images x %d copies, %d val, %d test",

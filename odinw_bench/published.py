@@ -5,7 +5,7 @@ name, e.g. ``GLIP-T(C)``), ``task`` (our task name, or a suite name such as ``od
 ``AP`` (a fraction in [0, 1], as in our records), the ``split`` and ``prompt`` the source used (``unstated``
 when it does not say), ``source`` and ``note``. ``#`` lines at the top describe the file and its provenance.
 
-A reference applies to a zero-shot row (regime ``zero_shot``, shots ``0``) of a model that maps onto its published
+A reference applies to a zero-shot row (regime ``zero-shot``, shots ``0``) of a model that maps onto its published
 name (:data:`MODEL_ALIASES`). The comparison states the split and prompt on both sides and flags where they differ:
 a number measured on ``test`` is not the same quantity as one measured on ``val``.
 
@@ -37,7 +37,7 @@ MODEL_ALIASES = {"glip-t-a": "GLIP-T(A)", "glip-t-b": "GLIP-T(B)", "glip-t-c": "
 PROMPT_ALIASES = {"odinw_13": "default"}
 UNSTATED = "unstated"
 COLUMNS = ("model", "task", "AP", "split", "prompt", "source", "note")
-ZERO_SHOT = ("zero_shot", "0")
+ZERO_SHOT = ("zero-shot", "0")
 
 
 @dataclass(frozen=True)

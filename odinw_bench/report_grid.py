@@ -41,7 +41,7 @@ ROW_KEYS = ("model", "regime", "shots")
 # Runs of one cell must agree on these; different values are never averaged together.
 PROTOCOL_KEYS = ("task_version", "split", "prompt", "checkpoint_sha256")
 GROUP_KEYS = (*ROW_KEYS, "task", *PROTOCOL_KEYS)
-_REGIME_ORDER = ("zero_shot", "linear_probe", "prompt_tuning", "full")
+_REGIME_ORDER = ("zero-shot", "linear-probe", "prompt", "language", "full")
 
 
 @dataclass
@@ -295,7 +295,7 @@ def row_order(row: tuple) -> tuple:
 
 
 def row_label(row: tuple) -> str:
-    """``glip-t prompt_tuning 1-shot`` / ``... full data``."""
+    """``glip-t prompt 1-shot`` / ``... full data``."""
     model, regime, shots = row
     return f"{model} {regime} {'full data' if shots == 'all' else f'{shots}-shot'}"
 

@@ -4,6 +4,7 @@
 for each. A run that fits trains with Lightning under GLIP's recipe, keeps GLIP's ``model_best`` (best val AP,
 ties count) and reports the test AP of that checkpoint; a zero-shot run evaluates the model as loaded. Bad input
 fails before anything is written; a run that fails later writes a record with ``status: failed`` and its error.
+:func:`run_identity` gives a request's run id without loading weights or data; ``sweep`` plans with it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from odinw_bench.errors import UserError
+from odinw_bench.run_identity import RunIdentity, model_config, run_identity
 
 if TYPE_CHECKING:  # pragma: no cover
+    from odinw_bench.launchers import RunCache
     from odinw_bench.regimes import Regime
     from odinw_bench.run_config import RunConfig
     from odinw_bench.task_spec import TaskSpec
@@ -100,39 +103,39 @@ def requests_from_args(args: argparse.Namespace) -> list[RunRequest]:
     return requests
 
 
-def _build_backend(req: RunRequest) -> tuple[Any, dict]:
-    """The backend with its weights, and the record's model entry (name, checkpoint, sha256)."""
-    from odinw_bench.models.glip.backend import load_glip
-    from odinw_bench.models.glip.checkpoint import sha256_file
+def _build_backend(req: RunRequest, ident: RunIdentity, cache: RunCache | None) -> Any:
+    """The backend with the weights ``ident`` names; a ``cache`` supplies a state dict read before."""
+    from odinw_bench.models.glip.backend import GLIPBackend
 
-    if req.official_config is not None:
-        backend = load_glip(config=req.official_config, checkpoint=req.checkpoint,
-                            trust_checkpoint=req.trust_checkpoint)
-    else:
-        backend = load_glip(req.model, checkpoint=req.checkpoint, trust_checkpoint=req.trust_checkpoint)
-    ckpt = backend.checkpoint
-    return backend, {"name": req.model_name, "checkpoint": ckpt,
-                     "checkpoint_sha256": sha256_file(ckpt) if ckpt else None}
+    backend = GLIPBackend(model_config(req))
+    ckpt = ident.model["checkpoint"]
+    if ckpt is None:
+        logger.warning("%s has random weights: its detections are meaningless until it is trained",
+                       backend.config.name)
+    elif cache is None:
+        backend.load_checkpoint(ckpt, trust=req.trust_checkpoint)
+    else:  # loading copies the values, so training never changes the cached tensors
+        backend.load_state(cache.state_dict(ckpt, trust=req.trust_checkpoint), source=ckpt)
+    return backend.eval()
 
 
-def run_request(req: RunRequest) -> RunOutcome:
-    """Run one request end to end and write its record, predictions and leaderboard row."""
+def run_request(req: RunRequest, cache: RunCache | None = None) -> RunOutcome:
+    """Run one request end to end and write its record, predictions and leaderboard row.
+
+    Args:
+        req: The request.
+        cache: Reuse checkpoint state dicts and task splits across the runs of one process (sweep workers).
+    """
     import pytorch_lightning as pl
 
-    from odinw_bench.results import make_run_id
-
     started = time.time()
+    ident = run_identity(req)
+    context = {"run_id": ident.run_id, "model": ident.model, "resolved": ident.resolved,
+               "identity": ident.identity, "started": started}
     pl.seed_everything(req.seed, workers=True, verbose=False)
-    backend, model_info = _build_backend(req)
-    resolved = req.config.resolved_for(req.regime, req.shots)
-    identity = {"resolved": resolved, "prompt": req.prompt_variant or "default", "split": req.split,
-                "model_config": backend.config.to_dict()}
-    run_id = make_run_id(req.task.name, req.task.version, model_info["name"], model_info["checkpoint_sha256"],
-                         req.regime.name, req.shots, req.seed, identity)
-    context = {"run_id": run_id, "model": model_info, "resolved": resolved, "identity": identity,
-               "started": started}
     try:
-        outcome = _execute(req, backend, context)
+        backend = _build_backend(req, ident, cache)
+        outcome = _execute(req, backend, context, cache)
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as err:
@@ -141,7 +144,7 @@ def run_request(req: RunRequest) -> RunOutcome:
     return outcome
 
 
-def _execute(req: RunRequest, backend: Any, ctx: dict) -> RunOutcome:
+def _execute(req: RunRequest, backend: Any, ctx: dict, cache: RunCache | None = None) -> RunOutcome:
     from odinw_bench.datamodule import ODinWDataModule
     from odinw_bench.inference import evaluate_split
     from odinw_bench.regimes import apply_regime, count_parameters
@@ -153,7 +156,8 @@ def _execute(req: RunRequest, backend: Any, ctx: dict) -> RunOutcome:
         task=req.task, data_root=req.data_root, backend=backend, shots=req.shots, seed=req.seed,
         sampler=data["sampler"], batch_size=_per_device_batch(data["batch_size"], resolved["trainer"]["devices"]),
         eval_batch_size=data["eval_batch_size"], num_workers=data["num_workers"],
-        dataset_copies=data["dataset_copies"], test_split=req.split, subsample_val=data["subsample_val"])
+        dataset_copies=data["dataset_copies"], test_split=req.split, subsample_val=data["subsample_val"],
+        split_loader=cache.split if cache is not None else None)
     dm.setup()
     timings: dict[str, float] = {}
     fit_info: dict[str, Any] = {}

@@ -20,7 +20,7 @@ from typing import Any
 from odinw_bench.data.coco import read_json, resolve_ann_file
 from odinw_bench.errors import UserError
 from odinw_bench.task_spec import TaskSpec
-from odinw_bench.tasks import FEWSHOT_SEEDS, FEWSHOT_SHOTS
+from odinw_bench.tasks import DATA_ROOT_ENV, FEWSHOT_SEEDS, FEWSHOT_SHOTS
 
 logger = logging.getLogger(__name__)
 

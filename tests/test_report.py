@@ -25,12 +25,12 @@ SEEDS = (3, 30, 300)
 AP = {
     ("full", "alpha"): (0.30, 0.33, 0.36),
     ("full", "beta"): (0.50, 0.60, 0.70),
-    ("prompt_tuning", "alpha"): (0.20, 0.20, 0.26),
-    ("prompt_tuning", "beta"): (0.10, 0.40, 0.40),
+    ("prompt", "alpha"): (0.20, 0.20, 0.26),
+    ("prompt", "beta"): (0.10, 0.40, 0.40),
 }
 TASKS = ["alpha", "beta"]
 FULL = ("m", "full", "1")
-PROMPT = ("m", "prompt_tuning", "1")
+PROMPT = ("m", "prompt", "1")
 
 
 def make_record(task, regime, seed, ap, *, version=1, split="test", prompt="default", status="ok", config=None):
@@ -115,13 +115,13 @@ def test_single_seed_has_nan_std_and_shows_the_mean_alone():
 
 
 def test_incomplete_grid_is_refused_with_every_missing_cell_listed():
-    records = grid(skip={("prompt_tuning", "beta", 300)})
-    records.append(make_record("beta", "prompt_tuning", 300, 0.0, status="failed"))
+    records = grid(skip={("prompt", "beta", 300)})
+    records.append(make_record("beta", "prompt", 300, 0.0, status="failed"))
     with pytest.raises(UserError) as info:
         report.build_report(records, tasks=["alpha", "beta", "gamma"])
     message = str(info.value)
-    assert "m prompt_tuning 1-shot | beta: missing seeds 300 (failed: seeds 300); has 3,30" in message
-    assert "m prompt_tuning 1-shot | gamma: no runs" in message
+    assert "m prompt 1-shot | beta: missing seeds 300 (failed: seeds 300); has 3,30" in message
+    assert "m prompt 1-shot | gamma: no runs" in message
     assert "m full 1-shot | gamma: no runs" in message
     assert "3 cells" in message and "--allow-partial" in message
 
@@ -133,7 +133,7 @@ def test_fewer_seeds_than_requested_is_refused():
 
 
 def test_allow_partial_marks_cells_and_the_suite_average():
-    records = grid(skip={("prompt_tuning", "beta", 300)})
+    records = grid(skip={("prompt", "beta", 300)})
     rep = report.build_report(records, tasks=["alpha", "beta", "gamma"], suite="trio", allow_partial=True)
     assert len(rep.problems) == 3
     beta = rep.cells[(PROMPT, "beta")]
@@ -214,7 +214,7 @@ def test_write_report_files(tmp_path, trailing_slash):
                          "runs": tmp_path / "board_runs.csv", "sources": tmp_path / "board_sources.txt"}  # fmt: skip
     wide = pd.read_csv(paths["wide"])
     assert wide[["regime", "alpha_mean", "beta_mean", "duo_mean"]].values.tolist() == [
-        ["prompt_tuning", pytest.approx(22.0), pytest.approx(30.0), pytest.approx(26.0)],
+        ["prompt", pytest.approx(22.0), pytest.approx(30.0), pytest.approx(26.0)],
         ["full", pytest.approx(33.0), pytest.approx(60.0), pytest.approx(46.5)],
     ]
     assert wide["duo_std"].tolist() == pytest.approx([math.sqrt(93), 6.5])

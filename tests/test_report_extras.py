@@ -55,16 +55,16 @@ def record(task, regime, shots, seed, ap, *, model="glip_t", split="test", promp
 
 
 # (regime, shots, task) -> AP per seed 3, 30, 300. Hand statistics (AP points):
-#   prompt_tuning k1 sea_life 30,33,36 -> 33 ± 3; pothole 50,60,70 -> 60 ± 10; suite per seed 40,46.5,53 -> 46.5 ± 6.5
-#   prompt_tuning k10 sea_life 40,40,40 -> 40 ± 0; pothole 60,60,60 -> 60 ± 0; suite 50 ± 0
-#   zero_shot k0 sea_life 10,10,10 -> 10 ± 0; pothole 20,22,24 -> 22 ± 2; suite per seed 15,16,17 -> 16 ± 1
+#   prompt k1 sea_life 30,33,36 -> 33 ± 3; pothole 50,60,70 -> 60 ± 10; suite per seed 40,46.5,53 -> 46.5 ± 6.5
+#   prompt k10 sea_life 40,40,40 -> 40 ± 0; pothole 60,60,60 -> 60 ± 0; suite 50 ± 0
+#   zero-shot k0 sea_life 10,10,10 -> 10 ± 0; pothole 20,22,24 -> 22 ± 2; suite per seed 15,16,17 -> 16 ± 1
 GRID = {
-    ("prompt_tuning", 1, "sea_life"): (0.30, 0.33, 0.36),
-    ("prompt_tuning", 1, "pothole"): (0.50, 0.60, 0.70),
-    ("prompt_tuning", 10, "sea_life"): (0.40, 0.40, 0.40),
-    ("prompt_tuning", 10, "pothole"): (0.60, 0.60, 0.60),
-    ("zero_shot", 0, "sea_life"): (0.10, 0.10, 0.10),
-    ("zero_shot", 0, "pothole"): (0.20, 0.22, 0.24),
+    ("prompt", 1, "sea_life"): (0.30, 0.33, 0.36),
+    ("prompt", 1, "pothole"): (0.50, 0.60, 0.70),
+    ("prompt", 10, "sea_life"): (0.40, 0.40, 0.40),
+    ("prompt", 10, "pothole"): (0.60, 0.60, 0.60),
+    ("zero-shot", 0, "sea_life"): (0.10, 0.10, 0.10),
+    ("zero-shot", 0, "pothole"): (0.20, 0.22, 0.24),
 }
 TASKS = ["sea_life", "pothole"]
 
@@ -105,9 +105,9 @@ def test_latex_table_is_well_formed_and_holds_the_hand_computed_cells():
     for row in rows:  # 6 columns -> 5 unescaped ampersands; no bare underscore outside math
         clean = _strip_escapes(row)
         assert clean.count("&") == 5 and "_" not in re.sub(r"\$[^$]*\$", "", clean)
-    pt1 = next(r for r in rows if r.startswith(r"glip\_t & prompt\_tuning & 1 "))
+    pt1 = next(r for r in rows if r.startswith(r"glip\_t & prompt & 1 "))
     assert r"$33.0 \pm 3.0$" in pt1 and r"$60.0 \pm 10.0$" in pt1 and r"$46.5 \pm 6.5$" in pt1
-    zs = next(r for r in rows if r.startswith(r"glip\_t & zero\_shot & 0 "))
+    zs = next(r for r in rows if r.startswith(r"glip\_t & zero-shot & 0 "))
     assert zs.endswith(r"$10.0 \pm 0.0$ & $22.0 \pm 2.0$ & $16.0 \pm 1.0$ \\")
     assert r"lb\_sources.txt" in tex and "Built from 18 run records" in tex
 
@@ -116,9 +116,9 @@ def test_latex_marks_partial_cells_and_escapes_specials():
     assert report.latex_escape("a_b & 50% #1 {x} ~^\\") == (
         r"a\_b \& 50\% \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{}"
     )
-    records = [r for r in grid_records() if r["run_id"] != "glip_t-pothole-prompt_tuning-k1-s300-test"]
+    records = [r for r in grid_records() if r["run_id"] != "glip_t-pothole-prompt-k1-s300-test"]
     rep = report.build_report(records, tasks=TASKS, suite="duo", allow_partial=True)
-    row = next(line for line in report.to_latex(rep).splitlines() if r"prompt\_tuning & 1 " in line)
+    row = next(line for line in report.to_latex(rep).splitlines() if r"glip\_t & prompt & 1 " in line)
     assert r"$55.0 \pm 7.1$$^{*}$" in row and row.rstrip(" \\").endswith("$^{\\dagger}$")  # (50+60)/2, std 7.07
 
 
@@ -126,7 +126,7 @@ def test_latex_marks_partial_cells_and_escapes_specials():
 
 
 def test_sources_listing_names_every_record_used_and_the_ones_left_out(tmp_path):
-    records = grid_records() + [record("pothole", "zero_shot", 0, 3000, 0.0, status="failed")]
+    records = grid_records() + [record("pothole", "zero-shot", 0, 3000, 0.0, status="failed")]
     runs = write_records(tmp_path, records)
     rep = report.build_report(results.iter_records([runs]), tasks=TASKS, seeds=SEEDS)
     paths = report.write_report(rep, tmp_path / "lb", formats=("md",))
@@ -146,13 +146,13 @@ def test_sources_listing_names_every_record_used_and_the_ones_left_out(tmp_path)
 
 
 def test_rows_evaluated_on_different_splits_are_flagged():
-    records = [r for r in grid_records() if r["regime"] != "zero_shot"]
-    records += [record("sea_life", "zero_shot", 0, s, 0.1, split="val") for s in SEEDS]
-    records += [record("pothole", "zero_shot", 0, s, 0.2) for s in SEEDS]
+    records = [r for r in grid_records() if r["regime"] != "zero-shot"]
+    records += [record("sea_life", "zero-shot", 0, s, 0.1, split="val") for s in SEEDS]
+    records += [record("pothole", "zero-shot", 0, s, 0.2) for s in SEEDS]
     text = report.format_table(report.build_report(records, tasks=TASKS))
     flag = next(line for line in text.splitlines() if line.startswith("MIXED PROTOCOL"))
     assert "column Sea_life & co" in flag and "split=test" in flag and "split=val" in flag
-    assert "glip_t zero_shot 0-shot" in flag and "Pothole" not in flag
+    assert "glip_t zero-shot 0-shot" in flag and "Pothole" not in flag
 
 
 # ---- Plots ----
@@ -161,20 +161,20 @@ def test_rows_evaluated_on_different_splits_are_flagged():
 def test_efficiency_plot_data_and_png(tmp_path):
     from PIL import Image
 
-    records = grid_records() + [record("sea_life", "prompt_tuning", "all", s, 0.5) for s in SEEDS]
-    records += [record("pothole", "prompt_tuning", "all", s, v) for s, v in zip(SEEDS, (0.7, 0.8, 0.9))]
+    records = grid_records() + [record("sea_life", "prompt", "all", s, 0.5) for s in SEEDS]
+    records += [record("pothole", "prompt", "all", s, v) for s, v in zip(SEEDS, (0.7, 0.8, 0.9))]
     rep = report.build_report(records, tasks=TASKS, suite="duo")
     data = efficiency_data(rep)
     assert data.x == ["0", "1", "10", "all"]  # categorical order, not lexicographic
     suite = {s.label: s for s in data.panels["duo"]}
-    assert set(suite) == {"zero_shot", "prompt_tuning"}
+    assert set(suite) == {"zero-shot", "prompt"}
     # prompt_tuning: k1 46.5 ± 6.5, k10 50 ± 0, all: per seed (50+70)/2, (50+80)/2, (50+90)/2 = 60, 65, 70 -> 65 ± 5
-    assert suite["prompt_tuning"].mean[1:] == pytest.approx([46.5, 50.0, 65.0])
-    assert suite["prompt_tuning"].std[1:] == pytest.approx([6.5, 0.0, 5.0])
-    assert math.isnan(suite["prompt_tuning"].mean[0]) and math.isnan(suite["zero_shot"].mean[1])
-    assert suite["zero_shot"].mean[0] == pytest.approx(16.0) and suite["zero_shot"].std[0] == pytest.approx(1.0)
+    assert suite["prompt"].mean[1:] == pytest.approx([46.5, 50.0, 65.0])
+    assert suite["prompt"].std[1:] == pytest.approx([6.5, 0.0, 5.0])
+    assert math.isnan(suite["prompt"].mean[0]) and math.isnan(suite["zero-shot"].mean[1])
+    assert suite["zero-shot"].mean[0] == pytest.approx(16.0) and suite["zero-shot"].std[0] == pytest.approx(1.0)
     pothole = {s.label: s for s in data.panels["Pothole"]}
-    assert pothole["prompt_tuning"].mean[1:] == pytest.approx([60.0, 60.0, 80.0])
+    assert pothole["prompt"].mean[1:] == pytest.approx([60.0, 60.0, 80.0])
 
     paths, _ = write_plots(rep, tmp_path / "lb")
     assert paths["plot_suite"] == tmp_path / "lb_efficiency.png"
@@ -189,7 +189,7 @@ def test_efficiency_plot_data_and_png(tmp_path):
 def test_several_models_get_their_own_lines():
     rep = report.build_report(grid_records("glip_t") + grid_records("glip_l"), tasks=TASKS)
     labels = [s.label for s in efficiency_data(rep).panels["mean"]]
-    assert sorted(labels) == ["glip_l prompt_tuning", "glip_l zero_shot", "glip_t prompt_tuning", "glip_t zero_shot"]
+    assert sorted(labels) == ["glip_l prompt", "glip_l zero-shot", "glip_t prompt", "glip_t zero-shot"]
 
 
 # ---- Per-category AP ----
@@ -263,7 +263,7 @@ def test_bad_published_file_is_a_user_error_naming_file_and_field(tmp_path, text
 def zero_shot_glip_t_c(split="test"):
     # pothole 5,6,7 -> 6 ± 1; raccoon 30,30,30 -> 30 ± 0; suite per seed 17.5,18,18.5 -> 18 ± 0.5
     values = {"pothole": (0.05, 0.06, 0.07), "raccoon": (0.30, 0.30, 0.30)}
-    return [record(task, "zero_shot", 0, s, v, model="glip-t-c", split=split)
+    return [record(task, "zero-shot", 0, s, v, model="glip-t-c", split=split)
             for task, vals in values.items() for s, v in zip(SEEDS, vals)]  # fmt: skip
 
 
@@ -272,7 +272,7 @@ def test_comparison_delta_is_ours_minus_reference_and_flags_the_split():
     records += [record("raccoon", "full", 1, s, 0.5, model="glip-t-c") for s in SEEDS]
     rep = report.build_report(records, tasks=["pothole", "raccoon"], suite="duo")
     frame = published.compare(rep, published.load_references(), suite_tasks={"odinw13": ["pothole", "raccoon"]})
-    assert set(frame["regime"]) == {"zero_shot"}  # fine-tuned rows have no published counterpart
+    assert set(frame["regime"]) == {"zero-shot"}  # fine-tuned rows have no published counterpart
     by_column = {(r["column"], r["ref_split"]): r for _, r in frame.iterrows()}
     pothole = by_column[("Pothole", "val")]  # mmdet GLIP-T(C) pothole 0.058 -> 5.8
     assert pothole["ours"] == pytest.approx(6.0) and pothole["reference"] == pytest.approx(5.8)
@@ -315,7 +315,7 @@ def test_cli_writes_every_requested_output(tmp_path, capsys):
                  "board_compare.tex", "board_efficiency.png", "board_efficiency_tasks.png"):  # fmt: skip
         assert (tmp_path / name).is_file(), name
     compare_tex = (tmp_path / "board_compare.tex").read_text()
-    assert r"zero\_shot" in compare_tex and r"odinw\_13" in compare_tex
+    assert r"glip-t-c" in compare_tex and r"odinw\_13" in compare_tex
 
 
 def test_cli_rejects_unknown_format(tmp_path, capsys):

@@ -22,7 +22,7 @@ def make_test_record(task="aquarium", seed=3, ap=0.42, run_id=None, **changes) -
     """A valid schema-1 record built by hand (no git/env probing, so it is cheap to make many)."""
     record = {
         "schema_version": 1,
-        "run_id": run_id or results.make_run_id(task, 1, "glip_tiny", "ab" * 32, "prompt_tuning", 1, seed, {}),
+        "run_id": run_id or results.make_run_id(task, 1, "glip_tiny", "ab" * 32, "prompt", 1, seed, {}),
         "created_at": "2025-01-31T12:00:00+00:00",
         "duration_s": 12.5,
         "status": "ok",
@@ -32,7 +32,7 @@ def make_test_record(task="aquarium", seed=3, ap=0.42, run_id=None, **changes) -
         "prompt": {"variant": "default", "captions": ["fish. jellyfish. penguin"]},
         "shots": 1,
         "seed": seed,
-        "regime": "prompt_tuning",
+        "regime": "prompt",
         "sample": {
             "sampler": "glip",
             "train_ids": [3, 7, 11, 12],
@@ -80,7 +80,7 @@ def test_make_write_read_round_trip(tmp_path):
 
     path = results.record_path(tmp_path, record)
     run_id = record["run_id"]
-    assert path == tmp_path / "runs" / "aquarium" / "glip_tiny" / "prompt_tuning" / f"k1_s3_{run_id}.json"
+    assert path == tmp_path / "runs" / "aquarium" / "glip_tiny" / "prompt" / f"k1_s3_{run_id}.json"
     results.write_record(path, record)
     json.loads(path.read_text())  # strict JSON: no NaN tokens
     assert "NaN" not in path.read_text()
@@ -188,7 +188,7 @@ def test_iter_records_walks_folders_and_skips_prediction_files(tmp_path):
 
 # ---- run ids ----
 
-_ID_ARGS = ("aquarium", 1, "glip_tiny", "ab" * 32, "prompt_tuning", 1, 3, {"lr": 0.05, "epochs": 200})
+_ID_ARGS = ("aquarium", 1, "glip_tiny", "ab" * 32, "prompt", 1, 3, {"lr": 0.05, "epochs": 200})
 
 
 def test_run_id_is_stable_short_and_ignores_dict_order():

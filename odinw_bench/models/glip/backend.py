@@ -71,13 +71,18 @@ class GLIPBackend(nn.Module, DetectorBackend):
 
     def load_checkpoint(self, path: str | Path, *, trust: bool = False, strict: bool = True) -> LoadReport:
         """Load an official ``.pth`` (``model`` dict, ``module.`` prefixes) or a converted ``.safetensors``."""
-        from odinw_bench.models.glip.checkpoint import load_glip_state_dict, read_checkpoint
+        from odinw_bench.models.glip.checkpoint import read_checkpoint
 
-        state = read_checkpoint(path, trust=trust)
+        return self.load_state(read_checkpoint(path, trust=trust), source=path, strict=strict)
+
+    def load_state(self, state: dict, *, source: str | Path, strict: bool = True) -> LoadReport:
+        """Load a state dict already read (official names); values are copied, ``state`` is never changed."""
+        from odinw_bench.models.glip.checkpoint import load_glip_state_dict
+
         if "rpn.tunable_linear.weight" in state:  # a prompt-tuned checkpoint: GLIP built with ADD_LINEAR_LAYER
             self.enable_prompt_tuning()
         report = load_glip_state_dict(self.model, state, strict=strict)
-        self.checkpoint = str(path)
+        self.checkpoint = str(source)
         return report
 
     # ----------------------------------------------------------------------------------------------- vocabulary

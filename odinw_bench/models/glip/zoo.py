@@ -90,6 +90,12 @@ def checkpoint_dir(cache_dir: str | Path | None = None, repo_id: str = HUB_REPO)
     return root / "checkpoints" / repo_id.replace("/", "--")
 
 
+def converted_checkpoint_path(preset: str, cache_dir: str | Path | None = None) -> Path:
+    """Where :func:`fetch_checkpoint` keeps the converted ``.safetensors`` of ``preset`` (it may not exist yet)."""
+    entry = zoo_entry(preset)
+    return checkpoint_dir(cache_dir, entry.repo_id) / (Path(entry.filename).stem + ".safetensors")
+
+
 def fetch_checkpoint(
     preset: str,
     cache_dir: str | Path | None = None,
@@ -119,7 +125,7 @@ def fetch_checkpoint(
 
     entry = zoo_entry(preset)
     folder = checkpoint_dir(cache_dir, entry.repo_id)
-    converted = folder / (Path(entry.filename).stem + ".safetensors")
+    converted = converted_checkpoint_path(preset, cache_dir)
     if converted.is_file():
         logger.info("Using cached %s", converted)
         return converted

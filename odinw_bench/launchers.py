@@ -1,0 +1,279 @@
+"""Where the cells of a sweep run: in this process, in a pool of local worker processes, or as a submitit job array.
+
+A cell is the argument list of one ``python -m odinw_bench run`` (one task, shot count, seed, regime and model).
+Every launcher runs :func:`run_cell` (a top-level function of plain data, so process pools and submitit can
+pickle it) on each cell and calls ``on_finish(index, result)`` as cells end. The run records on disk stay the
+source of truth: :mod:`odinw_bench.sweep` reads them back after a launcher returns.
+
+Example::
+
+    from odinw_bench.launchers import LocalLauncher, PoolLauncher, SubmititLauncher, run_cell
+
+    launcher = PoolLauncher(workers=2, gpus=["0", "1"])      # or LocalLauncher(), SubmititLauncher("slurm", ...)
+    results = launcher.launch([["--task", "demo", "--shots", "1", "--model", "glip-micro"]], run_cell, print)
+
+A worker keeps what it loaded in a :class:`RunCache`: a checkpoint read for one cell is reused by its later cells
+(keyed by path, size and mtime), and so are the task splits it indexed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from odinw_bench.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from odinw_bench.data.coco import CocoSplit
+    from odinw_bench.task_spec import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+#: What a cell returns: ``status`` (``ok``/``failed``), ``run_id``, ``error``, ``record`` (path) and ``cache``
+#: (this process's :attr:`RunCache.reads`), all plain data.
+CellResult = dict
+CellFn = Callable[[list[str]], CellResult]
+OnFinish = Callable[[int, CellResult], None]
+
+
+class Launcher(Protocol):
+    """Runs cells; ``concurrency`` is how many may run at once (for progress lines)."""
+
+    concurrency: int
+
+    def launch(self, cells: Sequence[list[str]], cell_fn: CellFn, on_finish: OnFinish) -> dict[int, CellResult]:
+        """Run ``cell_fn`` on every cell, call ``on_finish`` as each ends, return the results by cell index."""
+        ...  # pragma: no cover
+
+
+class RunCache:
+    """What one process reuses across its runs: checkpoint state dicts and task splits.
+
+    Args:
+        max_checkpoints: State dicts kept at once (GLIP-L's is 1.7 GB); the least recently used goes first.
+    """
+
+    def __init__(self, max_checkpoints: int = 1):
+        self.max_checkpoints = max_checkpoints
+        self._states: OrderedDict[tuple, dict] = OrderedDict()
+        self._splits: dict[tuple, CocoSplit] = {}
+        #: How often each kind was actually read from disk (the rest were cache hits).
+        self.reads = {"checkpoint": 0, "split": 0}
+
+    def state_dict(self, path: str | Path, trust: bool = False) -> dict:
+        """``read_checkpoint(path)``, read once per file version (path, size, mtime).
+
+        The tensors are shared between runs: callers copy them into a model, never change them in place.
+        """
+        from odinw_bench.models.glip import checkpoint
+
+        stat = Path(path).stat()
+        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, trust)
+        if key in self._states:
+            self._states.move_to_end(key)
+            return self._states[key]
+        state = checkpoint.read_checkpoint(path, trust=trust)
+        self.reads["checkpoint"] += 1
+        self._states[key] = state
+        while len(self._states) > self.max_checkpoints:
+            self._states.popitem(last=False)
+        return state
+
+    def split(self, task: TaskSpec, split: str, data_root: str | Path) -> CocoSplit:
+        """``load_task_split(task, split, data_root)``, indexed once per task content, split and data root."""
+        from odinw_bench.data import coco
+        from odinw_bench.tasks import task_sha256
+
+        key = (task_sha256(task), split, str(Path(data_root).resolve()))
+        if key not in self._splits:
+            self._splits[key] = coco.load_task_split(task, split, data_root)
+            self.reads["split"] += 1
+        return self._splits[key]
+
+
+_PROCESS_CACHE: RunCache | None = None
+
+
+def process_cache() -> RunCache:
+    """This process's :class:`RunCache`, created on first use."""
+    global _PROCESS_CACHE
+    if _PROCESS_CACHE is None:
+        _PROCESS_CACHE = RunCache()
+    return _PROCESS_CACHE
+
+
+def reset_process_cache() -> None:
+    """Drop this process's cache (frees the state dicts it holds)."""
+    global _PROCESS_CACHE
+    _PROCESS_CACHE = None
+
+
+def run_cell(argv: list[str]) -> CellResult:
+    """Run one cell (the arguments of a ``run`` for exactly one run) in this process.
+
+    A run that fails writes its failed record (the runner does) and comes back as ``status: failed``; it never
+    stops the sweep. Only ``KeyboardInterrupt`` propagates.
+    """
+    from odinw_bench import runner
+    from odinw_bench.cli import build_parser
+
+    cache = process_cache()
+    result: CellResult = {"status": "failed", "run_id": None, "error": None, "record": None}
+    try:
+        args = build_parser().parse_args(["run", *argv])
+        (request,) = runner.requests_from_args(args)
+        outcome = runner.run_request(request, cache=cache)
+        result.update(status="ok", run_id=outcome.record["run_id"], record=str(outcome.record_path))
+    except UserError as err:
+        result["error"] = str(err)
+    except Exception as err:  # noqa: BLE001 - one failed cell must not stop the others
+        logger.error("run %s failed", " ".join(argv), exc_info=True)
+        result["error"] = f"{type(err).__name__}: {err}"
+    result["cache"] = dict(cache.reads)
+    return result
+
+
+class LocalLauncher:
+    """Runs the cells one after the other in this process, sharing one :class:`RunCache`."""
+
+    concurrency = 1
+
+    def launch(self, cells: Sequence[list[str]], cell_fn: CellFn, on_finish: OnFinish) -> dict[int, CellResult]:
+        reset_process_cache()
+        results: dict[int, CellResult] = {}
+        try:
+            for index, argv in enumerate(cells):
+                results[index] = cell_fn(list(argv))
+                on_finish(index, results[index])
+        finally:
+            reset_process_cache()  # a CLI process should not keep a checkpoint alive after its sweep
+        return results
+
+
+def _init_worker(gpu_queue: Any, threads: int, log_level: int) -> None:
+    """Pin a fresh worker to one GPU and its share of CPU threads, before torch is imported in it."""
+    gpu = gpu_queue.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+
+
+class PoolLauncher:
+    """Runs the cells in ``workers`` spawned processes; each keeps its own :class:`RunCache` across its cells.
+
+    Args:
+        workers: Number of worker processes.
+        gpus: GPU ids; worker i sees only ``gpus[i % len(gpus)]`` through ``CUDA_VISIBLE_DEVICES``.
+        threads: CPU threads per worker (default: the CPU count split evenly, at least 1).
+    """
+
+    def __init__(self, workers: int, gpus: Sequence[str] = (), threads: int | None = None):
+        if workers < 1:
+            raise UserError(f"expected at least 1 worker, got {workers}", field="--workers")
+        self.concurrency = workers
+        self.gpus = list(gpus)
+        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+
+    def launch(self, cells: Sequence[list[str]], cell_fn: CellFn, on_finish: OnFinish) -> dict[int, CellResult]:
+        import multiprocessing
+
+        # spawn, not fork: a forked child would inherit this process's torch/CUDA state and threads.
+        ctx = multiprocessing.get_context("spawn")
+        gpu_queue = ctx.Queue()
+        for i in range(self.concurrency):
+            gpu_queue.put(self.gpus[i % len(self.gpus)] if self.gpus else None)
+        pool = ProcessPoolExecutor(self.concurrency, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(gpu_queue, self.threads, logging.getLogger().getEffectiveLevel()))
+        results: dict[int, CellResult] = {}
+        try:
+            futures: dict[Future, int] = {pool.submit(cell_fn, list(argv)): i for i, argv in enumerate(cells)}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=futures.get):
+                    index = futures[future]
+                    results[index] = _future_result(future)
+                    on_finish(index, results[index])
+        except BaseException:
+            # Ctrl-C reaches the workers too; queued cells are dropped and stay "left" for the next sweep.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return results
+
+
+def _future_result(future: Future) -> CellResult:
+    try:
+        return future.result()
+    except Exception as err:  # noqa: BLE001 - a worker that died (killed, out of memory) fails its cell
+        return {"status": "failed", "run_id": None, "error": f"worker died: {type(err).__name__}: {err}",
+                "record": None}
+
+
+class SubmititLauncher:
+    """Submits the cells as one submitit job array (SLURM, or submitit's local executor without a cluster).
+
+    Args:
+        cluster: ``slurm``, ``local`` (one subprocess per cell on this machine) or ``debug`` (in this process).
+        log_dir: submitit's folder for job scripts, pickles and logs.
+        partition: SLURM partition.
+        timeout_min: Time limit of each job in minutes.
+        gpus_per_job: GPUs of each job.
+        array_parallelism: Jobs of the array that run at once (SLURM ``%N``); the local executor runs all.
+        cpus_per_job: CPUs of each job (also its OMP threads under the local executor).
+        poll_s: Seconds between checks of the job states.
+    """
+
+    def __init__(self, cluster: str, log_dir: str | Path, *, partition: str | None = None,
+                 timeout_min: int | None = None, gpus_per_job: int | None = None,
+                 array_parallelism: int | None = None, cpus_per_job: int | None = None, poll_s: float = 2.0):
+        self.cluster, self.log_dir, self.poll_s = cluster, Path(log_dir), poll_s
+        self.concurrency = array_parallelism or 0
+        self.params = {"name": "odinw_bench", "timeout_min": timeout_min, "gpus_per_node": gpus_per_job,
+                       "cpus_per_task": cpus_per_job, "slurm_partition": partition,
+                       "slurm_array_parallelism": array_parallelism,
+                       # Local jobs all run at once on this machine: one thread each unless told otherwise.
+                       "local_setup": [f"export OMP_NUM_THREADS={cpus_per_job or 1}"]}
+
+    def launch(self, cells: Sequence[list[str]], cell_fn: CellFn, on_finish: OnFinish) -> dict[int, CellResult]:
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=str(self.log_dir), cluster=self.cluster)
+        executor.update_parameters(**{k: v for k, v in self.params.items() if v is not None})
+        jobs = executor.map_array(cell_fn, [list(argv) for argv in cells])
+        self.concurrency = self.concurrency or len(jobs)
+        logger.info("submitted %d jobs (%s) to %s; logs in %s", len(jobs), jobs[0].job_id if jobs else "-",
+                    self.cluster, self.log_dir)
+        results: dict[int, CellResult] = {}
+        pending = dict(enumerate(jobs))
+        try:
+            while pending:
+                for index, job in list(pending.items()):
+                    if job.done():
+                        results[index] = _job_result(job)
+                        del pending[index]
+                        on_finish(index, results[index])
+                if pending:
+                    time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            logger.warning("stopped waiting; %d submitted jobs keep running (logs in %s); rerun the sweep to "
+                           "collect them", len(pending), self.log_dir)
+            raise
+        return results
+
+
+def _job_result(job: Any) -> CellResult:
+    try:
+        return job.result()
+    except Exception as err:  # noqa: BLE001 - a job killed by the scheduler (time, memory) fails its cell
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return {"status": "failed", "run_id": None, "record": None,
+                "error": f"job {job.job_id} ended without a result: {first_line}"}
