@@ -13,13 +13,12 @@ Example::
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from odinw_bench.wandb_logging import MODES
+from odinw_bench.wandb_logging import wandb_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +48,8 @@ def push_report(mode: str, *, save_dir: str | Path, tables: Mapping[str, Any], i
     Raises:
         ValueError: For an unknown ``mode`` (a programming error; the CLI restricts the choices).
     """
-    if mode not in MODES:
-        raise ValueError(f"wandb mode must be one of {MODES}, got {mode!r}")
-    if mode == "off":
+    if not wandb_enabled(mode):
         return None
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    os.environ.setdefault("WANDB_DISABLE_CODE", "true")
     try:
         import wandb
 

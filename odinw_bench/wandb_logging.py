@@ -29,6 +29,23 @@ def _warn(what: str, err: BaseException) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+def wandb_enabled(mode: str) -> bool:
+    """Check ``mode`` and, unless it is ``off``, make W&B quiet and prompt-free; True when W&B should start.
+
+    Raises:
+        ValueError: For a mode other than ``off``, ``offline`` or ``online``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"wandb mode must be one of {MODES}, got {mode!r}")
+    if mode == "off":
+        return False
+    # Never prompt for a login or print banners; online mode without credentials fails fast instead of asking.
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    os.environ.setdefault("WANDB_DISABLE_CODE", "true")
+    return True
+
+
 def make_wandb_logger(mode: str, *, save_dir: str | Path, group: str, name: str, tags: Sequence[str],
                       config: Mapping[str, Any], project: str = "odinw_bench", entity: str | None = None) -> Any:
     """A Lightning ``WandbLogger``, or None when ``mode`` is ``off`` or W&B cannot start.
@@ -40,14 +57,8 @@ def make_wandb_logger(mode: str, *, save_dir: str | Path, group: str, name: str,
         config: Flat-ish dict logged as the run config.
         project, entity: W&B project and entity.
     """
-    if mode not in MODES:
-        raise ValueError(f"wandb mode must be one of {MODES}, got {mode!r}")
-    if mode == "off":
+    if not wandb_enabled(mode):
         return None
-    # Never prompt for a login or print banners; online mode without credentials fails fast instead of asking.
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    os.environ.setdefault("WANDB_DISABLE_CODE", "true")
     try:
         from pytorch_lightning.loggers import WandbLogger
 
