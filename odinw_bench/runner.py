@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,12 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "glip-t"
+
+# Lightning warnings that are expected here: GLIP keeps frozen modules in eval mode on purpose, the module moves
+# DetectionBatch itself, and a Lightning-internal deprecation. Anything else still shows.
+_EXPECTED_LIGHTNING_WARNINGS = (r".*module\(s\) in eval mode at the start of training.*",
+                                r".*overridden `transfer_batch_to_device`.*",
+                                r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
 @dataclass
@@ -210,8 +217,11 @@ def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
     if req.resume and not resume_from.is_file():
         logger.warning("no checkpoint to resume from at %s; starting from the beginning", resume_from)
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if req.resume and resume_from.is_file()
-                    else None)
+        with warnings.catch_warnings():
+            for message in _EXPECTED_LIGHTNING_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if req.resume and resume_from.is_file()
+                        else None)
     except torch.cuda.OutOfMemoryError as err:
         raise UserError("out of GPU memory: lower data.batch_size (global batch) or use trainer.precision=16-mixed;"
                         " more --devices split the batch", field="data.batch_size") from err
