@@ -46,7 +46,7 @@ def bench_one(preset: str, device: str, dtype: str, repeat: int, warmup: int) ->
     image = Image.new("RGB", (1333, 800), (90, 120, 160))
     batch = backend.preprocess([image]).to(device)
     chunk = backend.prompt.chunks[0]
-    ids, mask = backend._tokens(chunk, 1, torch.device(device))
+    ids, mask = backend.chunk_tokens(chunk, 1, torch.device(device))
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bf16")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -145,3 +145,26 @@ def test_load_glip_needs_exactly_one_source(tmp_path):
         load_glip()
     with pytest.raises(UserError, match="either a preset"):
         load_glip("glip-micro", config=tmp_path / "x.yaml")
+
+
+def test_caption_is_tokenised_once_per_vocabulary(backend, monkeypatch):
+    from odinw_bench.data import tokenizer
+
+    calls = []
+    original = tokenizer.tokenize_prompts
+
+    def counting(captions, max_length=256):
+        calls.append(list(captions))
+        return original(captions, max_length=max_length)
+
+    monkeypatch.setattr(tokenizer, "tokenize_prompts", counting)
+    backend.set_vocabulary(["plum", "grape"])
+    batch = backend.preprocess(_images())
+    first = backend.predict(batch)
+    second = backend.predict(batch)
+    assert calls == [["plum. grape"]]  # one caption, tokenised once, shared by both images and both calls
+    for a, b in zip(first, second):
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores)
+    ids, mask = backend.chunk_tokens(backend.prompt.chunks[0], 3, torch.device("cpu"))
+    reference = original(["plum. grape"] * 3)
+    assert torch.equal(ids, reference["input_ids"]) and torch.equal(mask, reference["attention_mask"])

@@ -63,6 +63,9 @@ class GLIPBackend(nn.Module, DetectorBackend):
         self.checkpoint: str | None = None
         self._prompt: TaskPrompt | None = None
         self._train_prompt: TaskPrompt | None = None
+        # Caption tokens and the training label -> token map, built once per caption instead of per batch.
+        self._token_cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._label_map_cache: dict[tuple[str, str], torch.Tensor] = {}
 
     @classmethod
     def from_preset(cls, name: str) -> GLIPBackend:
@@ -139,11 +142,19 @@ class GLIPBackend(nn.Module, DetectorBackend):
         original = [(im.size[1], im.size[0]) for im in images]
         return DetectionBatch(batch, image_sizes, original, out_targets)
 
-    def _tokens(self, chunk: Any, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        from odinw_bench.data.tokenizer import tokenize_prompts
+    def chunk_tokens(self, chunk: Any, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)``, each (batch_size, L), of a prompt chunk's caption.
 
-        enc = tokenize_prompts([chunk.text] * batch_size, max_length=self.model.max_query_len)
-        return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        Every image of a batch shares the caption, so it is tokenised once per caption (cached) and expanded.
+        """
+        key = (chunk.text, str(device))
+        if key not in self._token_cache:
+            from odinw_bench.data.tokenizer import tokenize_prompts
+
+            enc = tokenize_prompts([chunk.text], max_length=self.model.max_query_len)
+            self._token_cache[key] = (enc["input_ids"].to(device), enc["attention_mask"].to(device))
+        input_ids, mask = self._token_cache[key]
+        return input_ids.expand(batch_size, -1), mask.expand(batch_size, -1)
 
     # ----------------------------------------------------------------------------------------------- predict
     @torch.no_grad()
@@ -156,7 +167,7 @@ class GLIPBackend(nn.Module, DetectorBackend):
         device = batch.images.device
         per_image: list[list[dict[str, torch.Tensor]]] = [[] for _ in batch.image_sizes]
         for chunk in self.prompt.chunks:
-            input_ids, mask = self._tokens(chunk, len(batch.image_sizes), device)
+            input_ids, mask = self.chunk_tokens(chunk, len(batch.image_sizes), device)
             results = self.model.predict(batch.images, batch.image_sizes, input_ids, mask, chunk.positive_map)
             global_labels = torch.as_tensor(chunk.labels, dtype=torch.long, device=device)
             for i, res in enumerate(results):
@@ -196,8 +207,11 @@ class GLIPBackend(nn.Module, DetectorBackend):
                             f"tokens; this vocabulary needs {len(chunks)}", field="categories")
         chunk = chunks[0]
         device = batch.images.device
-        input_ids, mask = self._tokens(chunk, len(batch.image_sizes), device)
-        label_map = chunk.positive_map_tensor(self.model.max_query_len).to(device)  # (C, L), C in label order
+        input_ids, mask = self.chunk_tokens(chunk, len(batch.image_sizes), device)
+        key = (chunk.text, str(device))
+        if key not in self._label_map_cache:  # (C, L) 0/1, C in label order
+            self._label_map_cache[key] = chunk.positive_map_tensor(self.model.max_query_len).to(device)
+        label_map = self._label_map_cache[key]
         targets = [{"boxes": t["boxes"], "positive_map": label_map[t["labels"]]} for t in batch.targets]
         return self.model.compute_losses(batch.images, input_ids, mask, targets)
 
