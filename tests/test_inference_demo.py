@@ -9,7 +9,7 @@ import torch
 
 from odinw_bench.cli import main
 from odinw_bench.data.coco import load_task_split
-from odinw_bench.data.images import CorruptImageError
+from odinw_bench.data.images import CorruptImageError, load_rgb
 from odinw_bench.evaluation import evaluate_detections, read_predictions
 from odinw_bench.inference import evaluate_split, predict_split
 from odinw_bench.models.glip.backend import GLIPBackend
@@ -52,13 +52,24 @@ def test_evaluate_split_scores_its_own_predictions(demo_split, detecting_backend
 
 
 def test_batch_size_is_part_of_the_result(demo_split, detecting_backend):
-    # Padding is not masked in GLIP, so batching images of different sizes changes detections: batch 1 is the
-    # protocol and batch 2 must still give valid (if different) predictions.
     _, split = demo_split
-    one = predict_split(detecting_backend, split.subset([im.id for im in split.images[:2]]), progress=False)
-    two = predict_split(detecting_backend, split.subset([im.id for im in split.images[:2]]), batch_size=2,
-                        progress=False)
-    assert one and two
+    same = [im for im in split.images if (im.width, im.height) == (split.images[0].width, split.images[0].height)]
+    subset = split.subset([im.id for im in same[:2]])
+    # Images of one size need no padding: batching them changes nothing.
+    one = predict_split(detecting_backend, subset, progress=False)
+    two = predict_split(detecting_backend, subset, batch_size=2, progress=False)
+    assert one and len(one) == len(two)
+    for a, b in zip(one, two):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+        assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-2)
+    # GLIP does not mask padding: next to a larger image, an image's detections change. Batch 1 is the protocol.
+    image = load_rgb(same[0].path)
+    alone = detecting_backend.predict(detecting_backend.preprocess([image]))[0]
+    batch = detecting_backend.preprocess([image, image.resize((128, 256))])  # a portrait image: padding needed
+    assert batch.images.shape[-2:] != tuple(detecting_backend.preprocess([image]).images.shape[-2:])
+    padded = detecting_backend.predict(batch)[0]
+    assert not (alone.scores.shape == padded.scores.shape and torch.allclose(alone.scores, padded.scores))
 
 
 def test_corrupt_evaluation_image_is_an_error(demo_split, detecting_backend, tmp_path):
