@@ -168,3 +168,14 @@ def test_caption_is_tokenised_once_per_vocabulary(backend, monkeypatch):
     ids, mask = backend.chunk_tokens(backend.prompt.chunks[0], 3, torch.device("cpu"))
     reference = original(["plum. grape"] * 3)
     assert torch.equal(ids, reference["input_ids"]) and torch.equal(mask, reference["attention_mask"])
+
+
+def test_tokens_cached_during_inference_can_be_trained_on(backend):
+    # Evaluation runs under torch.inference_mode; the cached caption tokens must still serve a training step.
+    backend.set_vocabulary(["apple", "banana"])
+    with torch.inference_mode():
+        backend.predict(backend.preprocess(_images()))
+    targets = [{"boxes": [[10.0, 10.0, 80.0, 60.0]], "labels": [1]}, {"boxes": [], "labels": []}]
+    loss = sum(backend.compute_losses(backend.preprocess(_images(), targets)).values())
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -151,8 +151,10 @@ class GLIPBackend(nn.Module, DetectorBackend):
         if key not in self._token_cache:
             from odinw_bench.data.tokenizer import tokenize_prompts
 
-            enc = tokenize_prompts([chunk.text], max_length=self.model.max_query_len)
-            self._token_cache[key] = (enc["input_ids"].to(device), enc["attention_mask"].to(device))
+            # Cached tensors may be reused by a training step, so never create them as inference-mode tensors.
+            with torch.inference_mode(False):
+                enc = tokenize_prompts([chunk.text], max_length=self.model.max_query_len)
+                self._token_cache[key] = (enc["input_ids"].to(device), enc["attention_mask"].to(device))
         input_ids, mask = self._token_cache[key]
         return input_ids.expand(batch_size, -1), mask.expand(batch_size, -1)
 
@@ -210,7 +212,8 @@ class GLIPBackend(nn.Module, DetectorBackend):
         input_ids, mask = self.chunk_tokens(chunk, len(batch.image_sizes), device)
         key = (chunk.text, str(device))
         if key not in self._label_map_cache:  # (C, L) 0/1, C in label order
-            self._label_map_cache[key] = chunk.positive_map_tensor(self.model.max_query_len).to(device)
+            with torch.inference_mode(False):
+                self._label_map_cache[key] = chunk.positive_map_tensor(self.model.max_query_len).to(device)
         label_map = self._label_map_cache[key]
         targets = [{"boxes": t["boxes"], "positive_map": label_map[t["labels"]]} for t in batch.targets]
         return self.model.compute_losses(batch.images, input_ids, mask, targets)
