@@ -26,7 +26,12 @@ from PIL import Image  # noqa: E402
 
 from odinw_bench.models.glip.backend import GLIPBackend  # noqa: E402
 from odinw_bench.models.glip.config import get_preset  # noqa: E402
-from odinw_bench.regimes import apply_regime, count_parameters, get_regime, set_frozen_modules_eval  # noqa: E402
+from odinw_bench.training.regimes import (  # noqa: E402
+    apply_regime,
+    count_parameters,
+    get_regime,
+    set_frozen_modules_eval,
+)
 
 NAMES = ["apple", "banana", "cherry", "lemon"]
 

@@ -31,7 +31,7 @@ from odinw_bench.data.sampling import (
     glip_kshot_ids,
     sample_kshot,
 )
-from odinw_bench.task_spec import CategorySpec, SplitSpec, TaskSpec
+from odinw_bench.tasks.spec import CategorySpec, SplitSpec, TaskSpec
 
 TARGET_SECONDS = 1.0
 

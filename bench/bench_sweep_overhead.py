@@ -9,7 +9,7 @@ Phases:
 - process start + imports: a new Python process importing what a cell needs (torch, Lightning, the GLIP port,
   the data module). Every submitit job pays it; a local worker pays it once.
 - per cell, zero-shot cells (evaluation only, so the overhead is not hidden behind training), run in one process
-  in the way a sweep worker runs them (``run_request`` with a :class:`~odinw_bench.launchers.RunCache`):
+  in the way a sweep worker runs them (``run_request`` with a :class:`~odinw_bench.runs.cache.RunCache`):
   checkpoint read, task indexing (train/val/test splits), test evaluation, and the whole cell.
 - the same later cells without a cache, for comparison.
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-IMPORTS = ("import torch, pytorch_lightning, odinw_bench.cli, odinw_bench.runner, odinw_bench.datamodule, "
-           "odinw_bench.inference, odinw_bench.models.glip.backend")
+IMPORTS = ("import torch, pytorch_lightning, odinw_bench.cli, odinw_bench.runs.runner, odinw_bench.training.datamodule, "
+           "odinw_bench.runs.inference, odinw_bench.models.glip.backend")
 
 
 def time_process_start(repeat: int) -> float:
@@ -54,7 +54,7 @@ def save_micro_checkpoint(path: Path) -> Path:
 
 def make_timed_cache():
     """A RunCache that records how long each checkpoint read and split lookup took (hits included)."""
-    from odinw_bench.launchers import RunCache
+    from odinw_bench.runs.cache import RunCache
 
     class TimedCache(RunCache):
         def __init__(self):
@@ -79,18 +79,18 @@ def make_timed_cache():
 
 
 def requests(args: argparse.Namespace, checkpoint: Path | None, data_root: Path, out: Path) -> list:
-    from odinw_bench.cli import build_parser
-    from odinw_bench.runner import requests_from_args
+    from odinw_bench.runs.arguments import parse_run_args
+    from odinw_bench.runs.request import requests_from_args
 
-    argv = ["run", "--task", args.task, "--shots", "0", "--model", args.model, "--data-root", str(data_root),
+    argv = ["--task", args.task, "--shots", "0", "--model", args.model, "--data-root", str(data_root),
             "--output", str(out), "--no-progress", "--seed", *[str(s) for s in range(1, args.cells + 1)]]
     if checkpoint is not None:
         argv[argv.index("--no-progress"):argv.index("--no-progress")] = ["--checkpoint", str(checkpoint)]
-    return requests_from_args(build_parser().parse_args(argv))
+    return requests_from_args(parse_run_args(argv))
 
 
 def run_cells(reqs: list, cache) -> list[dict]:
-    from odinw_bench.runner import run_request
+    from odinw_bench.runs.runner import run_request
 
     rows = []
     for req in reqs:

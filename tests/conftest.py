@@ -1,5 +1,9 @@
 """Shared pytest fixtures.
 
+Tests are hermetic: ``_hermetic_home`` (autouse, once per session) points ``HOME``, odinw_bench's cache, the
+default ODinW data root and every other cache the libraries read at a temporary folder, so nothing a user ran
+before (``make demo`` fills ``~/.cache/odinw_bench``) changes a test's outcome, and no test writes into the home.
+
 ``glip_reference`` is the one way tests read the golden outputs of the official GLIP code in
 ``../shared/glip_reference`` (or ``$ODINW_GLIP_REFERENCE``). The folder is read in place, never copied into
 the repo; where it is absent the tests that need it skip with the reason.
@@ -27,6 +31,33 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(1)
+
+
+#: Environment variables pointed into the session's temporary home (beside HOME itself), relative to it.
+HERMETIC_ENV = {
+    "XDG_CACHE_HOME": ".cache",
+    "XDG_CONFIG_HOME": ".config",
+    "ODINW_BENCH_CACHE": ".cache/odinw_bench",
+    "ODINW_ROOT": "no_odinw_data",  # an absent data root: real-data tests make their own
+    "HF_HOME": ".cache/huggingface",
+    "TORCH_HOME": ".cache/torch",
+    "WANDB_DIR": "wandb",
+    "WANDB_CACHE_DIR": ".cache/wandb",
+    "WANDB_CONFIG_DIR": ".config/wandb",
+    "MPLCONFIGDIR": ".config/matplotlib",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_home(tmp_path_factory) -> Path:
+    """A temporary home for the whole session: HOME, the caches and the default data root all point into it."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        for name, relative in HERMETIC_ENV.items():
+            patch.setenv(name, str(home / relative))
+        patch.delenv("ODINW_BENCH_TASKS", raising=False)  # the repo's own task YAMLs
+        yield home
 
 
 def _reference_dir() -> Path:

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from test_tasks import task_dict, write_odinw_folder, write_task
 
-from odinw_bench import tasks as registry
 from odinw_bench.cli import main
+from odinw_bench.tasks import registry
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
-    for name in (registry.TASKS_DIR_ENV, registry.DATA_ROOT_ENV, registry.CACHE_ENV):
+    for name in (registry.TASKS_DIR_ENV, registry.DATA_ROOT_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # the default data root DATASET/odinw is then empty
 

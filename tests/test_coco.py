@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from odinw_bench.data.coco import load_task_split, read_json, read_split
+from odinw_bench.data.coco import read_json, read_split
 from odinw_bench.data.images import CorruptImageCounter, CorruptImageError, load_rgb
+from odinw_bench.data.task_files import load_task_split
 from odinw_bench.errors import UserError
-from odinw_bench.task_spec import CategorySpec, SplitSpec, TaskSpec
+from odinw_bench.tasks.spec import CategorySpec, SplitSpec, TaskSpec
 
 
 def _cats(*pairs):

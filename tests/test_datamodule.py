@@ -9,20 +9,20 @@ import warnings
 import pytest
 import torch
 
-from odinw_bench.data.coco import load_task_split
 from odinw_bench.data.images import CorruptImageError
 from odinw_bench.data.sampling import ShortfallWarning, sample_kshot
-from odinw_bench.datamodule import (
+from odinw_bench.data.task_files import load_task_split, prepare_data_root
+from odinw_bench.errors import UserError
+from odinw_bench.models.glip.backend import GLIPBackend
+from odinw_bench.tasks.registry import load_task
+from odinw_bench.training.datamodule import (
     BackendBatchBuilder,
     GLIPBatchBuilder,
     ODinWDataModule,
     glip_train_target,
     make_batch_builder,
 )
-from odinw_bench.errors import UserError
-from odinw_bench.run_config import glip_dataset_copies
-from odinw_bench.models.glip.backend import GLIPBackend
-from odinw_bench.tasks import load_task, resolve_data_root
+from odinw_bench.training.run_config import glip_dataset_copies
 
 TASK = load_task("demo")
 
@@ -42,13 +42,13 @@ def backend():
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return resolve_data_root(TASK, tmp_path_factory.mktemp("data"))
+    return prepare_data_root(TASK, tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture()
 def private_root(tmp_path):
     """A data root this test may damage."""
-    return resolve_data_root(TASK, tmp_path / "data")
+    return prepare_data_root(TASK, tmp_path / "data")
 
 
 def make(backend, root, **kwargs) -> ODinWDataModule:

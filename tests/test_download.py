@@ -22,7 +22,7 @@ from odinw_bench.cli import main
 from odinw_bench.data import download
 from odinw_bench.data.download import download_tasks, raise_for_layout, safe_extract
 from odinw_bench.errors import UserError
-from odinw_bench.task_spec import CategorySpec, SplitSpec, TaskSpec
+from odinw_bench.tasks.spec import CategorySpec, SplitSpec, TaskSpec
 
 ANN = "annotations_without_background.json"
 
@@ -282,8 +282,8 @@ def test_base_url_comes_from_flag_then_environment_then_default(monkeypatch):
 
 @pytest.fixture
 def fake_task_registry(monkeypatch):
-    """Stands in for odinw_bench.tasks so the command test does not depend on the real task YAMLs."""
-    module = types.ModuleType("odinw_bench.tasks")
+    """Stands in for odinw_bench.tasks.registry so the command test does not depend on the real task YAMLs."""
+    module = types.ModuleType("odinw_bench.tasks.registry")
     known = {"tiny": make_task()}
 
     def resolve_tasks(spec):
@@ -293,8 +293,8 @@ def fake_task_registry(monkeypatch):
             raise UserError(f"unknown task {err}", field="--task") from None
 
     module.resolve_tasks = resolve_tasks
-    module.resolve_data_root = lambda task, data_root=None, prepare=True: Path(data_root or "DATASET/odinw")
-    monkeypatch.setitem(sys.modules, "odinw_bench.tasks", module)
+    module.resolve_data_root = lambda task, data_root=None: Path(data_root or "DATASET/odinw")
+    monkeypatch.setitem(sys.modules, "odinw_bench.tasks.registry", module)
 
 
 def test_cli_download_uses_the_environment_url(server, tmp_path, monkeypatch, capsys, fake_task_registry):

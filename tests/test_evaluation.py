@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from odinw_bench.errors import UserError
-from odinw_bench.evaluation import (
+from odinw_bench.results.evaluation import (
     METRIC_NAMES,
     detections_to_coco,
     evaluate_detections,
@@ -53,7 +53,7 @@ def gt_as_predictions(gt: dict) -> list[dict]:
 
 
 def raw_pycocotools_stats(gt: dict, predictions: list[dict]) -> np.ndarray:
-    """The 12 summary numbers straight from pycocotools, written independently of odinw_bench.evaluation."""
+    """The 12 summary numbers straight from pycocotools, written independently of odinw_bench.results.evaluation."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

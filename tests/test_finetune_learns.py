@@ -6,20 +6,20 @@ import random
 
 import torch
 
-from odinw_bench.data.coco import load_task_split
 from odinw_bench.data.images import load_rgb
-from odinw_bench.datamodule import glip_train_target
-from odinw_bench.inference import evaluate_split
+from odinw_bench.data.task_files import load_task_split, prepare_data_root
 from odinw_bench.models.glip.backend import GLIPBackend
-from odinw_bench.optim import build_optimizer
-from odinw_bench.regimes import apply_regime, get_regime
-from odinw_bench.tasks import load_task, resolve_data_root
+from odinw_bench.runs.inference import evaluate_split
+from odinw_bench.tasks.registry import load_task
+from odinw_bench.training.datamodule import glip_train_target
+from odinw_bench.training.optim import build_optimizer
+from odinw_bench.training.regimes import apply_regime, get_regime
 
 
 def test_overfitting_two_images_drives_loss_down_and_ap_above_zero_shot(tmp_path):
     torch.manual_seed(0)
     task = load_task("demo")
-    split = load_task_split(task, "train", resolve_data_root(task, tmp_path))
+    split = load_task_split(task, "train", prepare_data_root(task, tmp_path))
     images = [im for im in split.images if split.annotations.get(im.id)][:2]
     subset = split.subset([im.id for im in images])
     backend = GLIPBackend.from_preset("glip-micro")

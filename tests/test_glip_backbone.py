@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from odinw_bench.models.glip import swin as swin_module
 from odinw_bench.models.glip.fpn import FPN, DropBlock2D
 from odinw_bench.models.glip.language import BertEncoder, bert_config_from_dict
 from odinw_bench.models.glip.preprocess import (
@@ -23,7 +24,6 @@ from odinw_bench.models.glip.preprocess import (
     resize_image,
     resize_size,
 )
-from odinw_bench.models.glip import swin as swin_module
 from odinw_bench.models.glip.swin import SwinTransformer, shifted_window_mask
 
 ATOL = 1e-4

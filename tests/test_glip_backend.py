@@ -11,7 +11,7 @@ from PIL import Image
 from odinw_bench.errors import UserError
 from odinw_bench.models.base import load_backend
 from odinw_bench.models.glip.backend import GLIPBackend, load_glip
-from odinw_bench.task_spec import CaptionPart, PromptSpec
+from odinw_bench.tasks.spec import CaptionPart, PromptSpec
 
 
 @pytest.fixture(scope="module")

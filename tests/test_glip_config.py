@@ -11,7 +11,13 @@ import textwrap
 import pytest
 
 from odinw_bench.errors import UserError
-from odinw_bench.models.glip.config import BERT_BASE_UNCASED, GLIPConfig, SwinConfig, get_preset, list_presets
+from odinw_bench.models.glip.config import (
+    BERT_BASE_UNCASED,
+    GLIPConfig,
+    SwinConfig,
+    get_preset,
+    list_presets,
+)
 from odinw_bench.models.glip.official_config import from_official_yaml
 
 ARCH_SECTIONS = ("swin", "fpn", "language", "dyhead", "anchors")

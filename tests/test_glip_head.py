@@ -11,8 +11,17 @@ import transformers
 import yaml
 
 from odinw_bench.models.glip import dyconv as dyconv_module
-from odinw_bench.models.glip.dyconv import DYReLU, DyConv, ModulatedDeformConv3x3, reuse_offsets_for_smaller_output
-from odinw_bench.models.glip.fusion import BertEncoderLayer, BiMultiHeadAttention, VLFuse
+from odinw_bench.models.glip.dyconv import (
+    DyConv,
+    DYReLU,
+    ModulatedDeformConv3x3,
+    reuse_offsets_for_smaller_output,
+)
+from odinw_bench.models.glip.fusion import (
+    BertEncoderLayer,
+    BiMultiHeadAttention,
+    VLFuse,
+)
 from odinw_bench.models.glip.head import VLDyHead
 
 TOLERANCE = 1e-4

@@ -9,13 +9,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from odinw_bench.models.glip.checkpoint import load_glip_state_dict, strip_ddp_prefix, tolerated_reason
+from odinw_bench.models.glip.checkpoint import (
+    load_glip_state_dict,
+    strip_ddp_prefix,
+    tolerated_reason,
+)
 from odinw_bench.models.glip.config import get_preset
-from odinw_bench.models.glip.official_config import from_official_yaml
 from odinw_bench.models.glip.fusion import BiMultiHeadAttention
 from odinw_bench.models.glip.model import GLIP
+from odinw_bench.models.glip.official_config import from_official_yaml
 from odinw_bench.models.glip.postprocess import rescale_boxes
-
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 

@@ -9,8 +9,17 @@ import pytest
 import torch
 
 from odinw_bench.models.glip.anchors import AnchorGenerator
-from odinw_bench.models.glip.box_coder import BoxCoder, box_iou_legacy, clip_boxes_legacy
-from odinw_bench.models.glip.postprocess import ATSSPostProcessor, category_scores, ml_nms, rescale_boxes
+from odinw_bench.models.glip.box_coder import (
+    BoxCoder,
+    box_iou_legacy,
+    clip_boxes_legacy,
+)
+from odinw_bench.models.glip.postprocess import (
+    ATSSPostProcessor,
+    category_scores,
+    ml_nms,
+    rescale_boxes,
+)
 
 NUM_LEVELS = 5
 

@@ -8,19 +8,19 @@ import pytest
 import torch
 
 from odinw_bench.cli import main
-from odinw_bench.data.coco import load_task_split
 from odinw_bench.data.images import CorruptImageError, load_rgb
-from odinw_bench.evaluation import evaluate_detections, read_predictions
-from odinw_bench.inference import evaluate_split, predict_split
+from odinw_bench.data.task_files import load_task_split, prepare_data_root
 from odinw_bench.models.glip.backend import GLIPBackend
-from odinw_bench.results import read_record
-from odinw_bench.tasks import load_task, resolve_data_root
+from odinw_bench.results.evaluation import evaluate_detections, read_predictions
+from odinw_bench.results.records import read_record
+from odinw_bench.runs.inference import evaluate_split, predict_split
+from odinw_bench.tasks.registry import load_task
 
 
 @pytest.fixture(scope="module")
 def demo_split(tmp_path_factory):
     task = load_task("demo")
-    root = resolve_data_root(task, tmp_path_factory.mktemp("data"))
+    root = prepare_data_root(task, tmp_path_factory.mktemp("data"))
     return task, load_task_split(task, "test", root)
 
 

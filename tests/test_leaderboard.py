@@ -9,8 +9,8 @@ import multiprocessing
 import pytest
 from test_results import make_test_record
 
-from odinw_bench import leaderboard, results
 from odinw_bench.errors import UserError
+from odinw_bench.results import leaderboard, records
 
 
 def _append_many(csv_path: str, worker: int, count: int, barrier) -> None:
@@ -78,7 +78,7 @@ def test_leaderboard_with_other_columns_is_refused(tmp_path):
 def test_record_is_not_mutated_by_writers(tmp_path):
     record = make_test_record()
     snapshot = copy.deepcopy(record)
-    results.write_record(tmp_path / "r.json", record)
+    records.write_record(tmp_path / "r.json", record)
     leaderboard.append_leaderboard_row(tmp_path / "lb.csv", record)
     assert record == snapshot
 

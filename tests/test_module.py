@@ -14,7 +14,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from odinw_bench.callbacks import (
+from odinw_bench.data.images import load_rgb
+from odinw_bench.data.task_files import load_task_split, prepare_data_root
+from odinw_bench.errors import UserError
+from odinw_bench.models.glip.backend import GLIPBackend
+from odinw_bench.models.glip.config import get_preset
+from odinw_bench.tasks.registry import load_task
+from odinw_bench.training.callbacks import (
     BestTracker,
     GlipBestCheckpoint,
     GlipEarlyStopping,
@@ -23,14 +29,8 @@ from odinw_bench.callbacks import (
     glip_callbacks,
     plateau_step,
 )
-from odinw_bench.data.coco import load_task_split
-from odinw_bench.data.images import load_rgb
-from odinw_bench.errors import UserError
-from odinw_bench.models.glip.backend import GLIPBackend
-from odinw_bench.models.glip.config import get_preset
-from odinw_bench.module import DetectionModule
-from odinw_bench.run_config import load_run_config
-from odinw_bench.tasks import load_task, resolve_data_root
+from odinw_bench.training.module import DetectionModule
+from odinw_bench.training.run_config import load_run_config
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -38,7 +38,7 @@ from odinw_bench.tasks import load_task, resolve_data_root
 def demo(tmp_path_factory):
     """Two demo training images with boxes, as (image id, PIL image, target) items, and their ground truth."""
     task = load_task("demo")
-    split = load_task_split(task, "train", resolve_data_root(task, tmp_path_factory.mktemp("data")))
+    split = load_task_split(task, "train", prepare_data_root(task, tmp_path_factory.mktemp("data")))
     ids = [i for i in split.image_ids if split.annotations[i]][:2]
     subset = split.subset(ids)
     label_of = {c["id"]: index for index, c in enumerate(subset.categories)}
@@ -282,7 +282,7 @@ class Snapshots(pl.Callback):
 
 def test_glip_loop_rules_in_a_real_fit(demo, tmp_path, monkeypatch):
     """A scripted val AP sequence drives Lightning's plateau scheduler, early stopping and best checkpoint."""
-    import odinw_bench.evaluation as evaluation
+    import odinw_bench.results.evaluation as evaluation
 
     script = iter([0.2, 0.3, 0.0, 0.0, 0.3, 0.25, 0.1, 0.1, 0.05, 0.5, 0.5])
     real = evaluation.evaluate_detections

@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from odinw_bench.models.glip.backend import GLIPBackend
-from odinw_bench.optim import build_optimizer, build_param_groups, parameter_settings
-from odinw_bench.regimes import apply_regime, count_parameters, get_regime
+from odinw_bench.training.optim import (
+    build_optimizer,
+    build_param_groups,
+    parameter_settings,
+)
+from odinw_bench.training.regimes import apply_regime, count_parameters, get_regime
 
 RECIPE = {"lr": 1e-4, "language_lr": 1e-5, "weight_decay": 0.05}
 

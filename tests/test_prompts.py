@@ -16,9 +16,20 @@ from odinw_bench.data.prompts import (
     positive_map,
     positive_map_tensor,
 )
-from odinw_bench.data.tokenizer import count_tokens, get_tokenizer, tokenize_prompts, vocab_path
+from odinw_bench.data.tokenizer import (
+    count_tokens,
+    get_tokenizer,
+    tokenize_prompts,
+    vocab_path,
+)
 from odinw_bench.errors import UserError
-from odinw_bench.task_spec import CaptionPart, CategorySpec, PromptSpec, SplitSpec, TaskSpec
+from odinw_bench.tasks.spec import (
+    CaptionPart,
+    CategorySpec,
+    PromptSpec,
+    SplitSpec,
+    TaskSpec,
+)
 
 FIXTURE_NAMES = ["fish", "jellyfish", "penguin", "puffin", "shark", "starfish"]
 PASCAL_VOC = [

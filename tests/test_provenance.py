@@ -11,7 +11,7 @@ from importlib import metadata
 
 import pytest
 
-from odinw_bench import provenance
+from odinw_bench.results import provenance
 
 
 def test_collect_git_none_outside_a_repository(tmp_path):
@@ -46,7 +46,7 @@ def test_collect_env_reads_versions_from_package_metadata():
 def test_collect_env_imports_no_heavy_package():
     # Recording a run that never touched torch must not pay for importing it (nor report CUDA it did not use).
     code = (
-        "import sys; from odinw_bench import provenance, results; env = provenance.collect_env();"
+        "import sys; from odinw_bench.results import provenance, records; env = provenance.collect_env();"
         "heavy = [m for m in ('torch', 'transformers', 'pycocotools', 'pandas') if m in sys.modules];"
         "print(heavy, env['cuda'], env['gpu_name'])"
     )

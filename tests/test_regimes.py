@@ -9,7 +9,14 @@ from PIL import Image
 from odinw_bench.errors import UserError
 from odinw_bench.models.glip.backend import GLIPBackend
 from odinw_bench.models.glip.config import get_preset
-from odinw_bench.regimes import Regime, apply_regime, count_parameters, get_regime, regimes, set_frozen_modules_eval
+from odinw_bench.training.regimes import (
+    Regime,
+    apply_regime,
+    count_parameters,
+    get_regime,
+    regimes,
+    set_frozen_modules_eval,
+)
 
 # Our regime -> GLIP's TUNING_HIGHLEVEL_OVERRIDE entry in trainable_glip_{t,l}.json.
 OFFICIAL = {"full": "full", "linear-probe": "linear_prob", "language": "language_prompt_v1",

@@ -10,9 +10,11 @@ import math
 
 import pytest
 
-from odinw_bench import report, results
 from odinw_bench.cli import main
 from odinw_bench.errors import UserError
+from odinw_bench.report import formats
+from odinw_bench.report import grid as report_grid
+from odinw_bench.results.records import make_run_id, record_path, write_record
 
 SEEDS = (3, 30, 300)
 # AP fractions per (regime, task), one per seed. Hand-computed statistics in AP points (x100):
@@ -38,7 +40,7 @@ def make_record(task, regime, seed, ap, *, version=1, split="test", prompt="defa
     cfg = config or {}
     return {
         "schema_version": 1,
-        "run_id": results.make_run_id(task, version, "m", None, regime, 1, seed, {**cfg, "split": split, "p": prompt}),
+        "run_id": make_run_id(task, version, "m", None, regime, 1, seed, {**cfg, "split": split, "p": prompt}),
         "created_at": "2025-01-31T12:00:00+00:00",
         "duration_s": 1.0,
         "status": status,
@@ -73,7 +75,7 @@ def grid(skip=()) -> list[dict]:
 
 
 def test_seed_statistics_and_suite_average_match_hand_computation():
-    rep = report.build_report(grid(), tasks=TASKS, suite="duo")
+    rep = report_grid.build_report(grid(), tasks=TASKS, suite="duo")
     assert rep.rows == [PROMPT, FULL]  # regimes in protocol order, not alphabetical
     alpha, beta = rep.cells[(FULL, "alpha")], rep.cells[(FULL, "beta")]
     assert (alpha.mean, alpha.std) == pytest.approx((33.0, 3.0))
@@ -95,7 +97,7 @@ def test_seed_statistics_and_suite_average_match_hand_computation():
 
 
 def test_text_table_shows_mean_pm_std_and_states_the_statistics():
-    text = report.format_table(report.build_report(grid(), tasks=TASKS, suite="duo"))
+    text = formats.format_table(report_grid.build_report(grid(), tasks=TASKS, suite="duo"))
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("model"))
     assert header.split() == ["model", "regime", "shots", "Alpha", "Beta", "duo"]
@@ -107,10 +109,10 @@ def test_text_table_shows_mean_pm_std_and_states_the_statistics():
 
 def test_single_seed_has_nan_std_and_shows_the_mean_alone():
     records = [make_record("alpha", "full", 3, 0.25)]
-    rep = report.build_report(records, tasks=["alpha"], seeds=[3])
+    rep = report_grid.build_report(records, tasks=["alpha"], seeds=[3])
     cell = rep.cells[(FULL, "alpha")]
     assert cell.mean == pytest.approx(25.0) and math.isnan(cell.std) and math.isnan(cell.ci95)
-    _, body = report.display_rows(rep)
+    _, body = formats.display_rows(rep)
     assert body[0][3] == "25.0"
 
 
@@ -118,7 +120,7 @@ def test_incomplete_grid_is_refused_with_every_missing_cell_listed():
     records = grid(skip={("prompt", "beta", 300)})
     records.append(make_record("beta", "prompt", 300, 0.0, status="failed"))
     with pytest.raises(UserError) as info:
-        report.build_report(records, tasks=["alpha", "beta", "gamma"])
+        report_grid.build_report(records, tasks=["alpha", "beta", "gamma"])
     message = str(info.value)
     assert "m prompt 1-shot | beta: missing seeds 300 (failed: seeds 300); has 3,30" in message
     assert "m prompt 1-shot | gamma: no runs" in message
@@ -128,13 +130,13 @@ def test_incomplete_grid_is_refused_with_every_missing_cell_listed():
 
 def test_fewer_seeds_than_requested_is_refused():
     with pytest.raises(UserError) as info:
-        report.build_report(grid(), tasks=TASKS, seeds=[3, 30, 300, 3000])
+        report_grid.build_report(grid(), tasks=TASKS, seeds=[3, 30, 300, 3000])
     assert str(info.value).count("missing seeds 3000") == 4
 
 
 def test_allow_partial_marks_cells_and_the_suite_average():
     records = grid(skip={("prompt", "beta", 300)})
-    rep = report.build_report(records, tasks=["alpha", "beta", "gamma"], suite="trio", allow_partial=True)
+    rep = report_grid.build_report(records, tasks=["alpha", "beta", "gamma"], suite="trio", allow_partial=True)
     assert len(rep.problems) == 3
     beta = rep.cells[(PROMPT, "beta")]
     assert beta.status == "partial" and beta.mean == pytest.approx(25.0)  # (10 + 40) / 2 over the seeds present
@@ -143,11 +145,11 @@ def test_allow_partial_marks_cells_and_the_suite_average():
     assert suite["partial"] and suite["n_tasks"] == 2
     assert suite["mean"] == pytest.approx((22.0 + 25.0) / 2)
     assert math.isnan(suite["std"])  # alpha and beta no longer share the same seeds
-    text = report.format_table(rep)
+    text = formats.format_table(rep)
     assert "25.0 ± 21.2*" in text and "(partial 2/3)" in text and "PARTIAL GRID" in text
     full_suite = rep.suite_stats[FULL]
     assert full_suite["partial"] and full_suite["mean"] == pytest.approx(46.5)  # gamma missing, alpha/beta whole
-    wide = report.wide_frame(rep)
+    wide = formats.wide_frame(rep)
     assert wide["partial"].tolist() == [True, True]
     assert wide["gamma_status"].tolist() == ["missing", "missing"]
 
@@ -156,13 +158,13 @@ def test_different_task_versions_are_never_merged():
     records = grid(skip={("full", "alpha", 300)})
     records.append(make_record("alpha", "full", 300, 0.90, version=2))
     with pytest.raises(UserError, match=r"m full 1-shot \| alpha: runs differ in task_version 1 / 2; not merged"):
-        report.build_report(records, tasks=TASKS)
-    rep = report.build_report(records, tasks=TASKS, allow_partial=True)
+        report_grid.build_report(records, tasks=TASKS)
+    rep = report_grid.build_report(records, tasks=TASKS, allow_partial=True)
     cell = rep.cells[(FULL, "alpha")]
     assert cell.status == "mixed" and math.isnan(cell.mean)  # neither 33-ish nor pulled up by the v2 run
     assert rep.suite_stats[FULL]["mean"] == pytest.approx(60.0)  # beta only, flagged partial
     assert rep.suite_stats[FULL]["partial"]
-    summary = report.summary_frame(rep)
+    summary = formats.summary_frame(rep)
     assert summary.loc[(summary["regime"] == "full") & (summary["task"] == "alpha"), "status"].item() == "mixed"
 
 
@@ -171,31 +173,31 @@ def test_different_splits_or_prompts_are_never_merged(key, value):
     records = grid(skip={("full", "beta", 3)})
     records.append(make_record("beta", "full", 3, 0.5, **{key: value}))
     with pytest.raises(UserError, match=f"beta: runs differ in {key}"):
-        report.build_report(records, tasks=TASKS)
+        report_grid.build_report(records, tasks=TASKS)
 
 
 def test_suite_prompt_variant_selects_runs_and_notes_the_rest():
     records = grid() + [make_record("beta", "full", s, 0.99, prompt="odinw_35") for s in SEEDS]
-    rep = report.build_report(records, tasks=TASKS, prompts={"alpha": "default", "beta": "default"})
+    rep = report_grid.build_report(records, tasks=TASKS, prompts={"alpha": "default", "beta": "default"})
     assert rep.cells[(FULL, "beta")].mean == pytest.approx(60.0)
     assert any("prompt variant" in note for note in rep.notes)
-    rep35 = report.build_report(records, tasks=["beta"], prompts={"beta": "odinw_35"}, allow_partial=True)
+    rep35 = report_grid.build_report(records, tasks=["beta"], prompts={"beta": "odinw_35"}, allow_partial=True)
     assert rep35.cells[(FULL, "beta")].mean == pytest.approx(99.0)
 
 
 def test_two_runs_for_one_seed_are_refused():
     records = grid() + [make_record("alpha", "full", 3, 0.1, config={"lr": 0.5})]
     with pytest.raises(UserError, match=r"m full 1-shot \| alpha seed 3"):
-        report.build_report(records, tasks=TASKS)
+        report_grid.build_report(records, tasks=TASKS)
 
 
 def test_unknown_metric_is_a_user_error():
     with pytest.raises(UserError, match="APxl"):
-        report.build_report(grid(), tasks=TASKS, metric="APxl")
+        report_grid.build_report(grid(), tasks=TASKS, metric="APxl")
 
 
 def test_other_metric_is_aggregated():
-    rep = report.build_report(grid(), tasks=TASKS, metric="AP50")
+    rep = report_grid.build_report(grid(), tasks=TASKS, metric="AP50")
     assert rep.cells[(FULL, "alpha")].mean == pytest.approx(53.0)  # AP + 20 points per seed
 
 
@@ -203,9 +205,9 @@ def test_other_metric_is_aggregated():
 def test_write_report_files(tmp_path, trailing_slash):
     import pandas as pd
 
-    rep = report.build_report(grid(), tasks=TASKS, suite="duo")
+    rep = report_grid.build_report(grid(), tasks=TASKS, suite="duo")
     out = f"{tmp_path / 'board'}/" if trailing_slash else str(tmp_path / "board.csv")
-    paths = report.write_report(rep, out)
+    paths = formats.write_report(rep, out)
     if trailing_slash:
         assert paths["wide"] == tmp_path / "board" / "leaderboard.csv"
     else:
@@ -232,7 +234,7 @@ def test_write_report_files(tmp_path, trailing_slash):
 
 def _write_records(folder, records):
     for record in records:
-        results.write_record(results.record_path(folder, record), record)
+        write_record(record_path(folder, record), record)
     return folder / "runs"
 
 

@@ -12,11 +12,13 @@ import warnings
 
 import pytest
 
-from odinw_bench import published, report, results
 from odinw_bench.cli import main
 from odinw_bench.errors import UserError
-from odinw_bench.report_categories import category_frame, category_tables
-from odinw_bench.report_plots import efficiency_data, write_plots
+from odinw_bench.report import build as report
+from odinw_bench.report import formats, grid, published
+from odinw_bench.report.categories import category_frame, category_tables
+from odinw_bench.report.plots import efficiency_data, write_plots
+from odinw_bench.results.records import iter_records, record_path, write_record
 
 SEEDS = (3, 30, 300)
 
@@ -76,7 +78,7 @@ def grid_records(model="glip_t"):
 
 def write_records(folder, records):
     for rec in records:
-        results.write_record(results.record_path(folder, rec), rec)
+        write_record(record_path(folder, rec), rec)
     return folder / "runs"
 
 
@@ -88,8 +90,8 @@ def _strip_escapes(line: str) -> str:
 
 
 def test_latex_table_is_well_formed_and_holds_the_hand_computed_cells():
-    rep = report.build_report(grid_records(), tasks=TASKS, suite="duo")
-    tex = report.to_latex(rep, "lb_sources.txt")
+    rep = grid.build_report(grid_records(), tasks=TASKS, suite="duo")
+    tex = formats.to_latex(rep, "lb_sources.txt")
     body = [line for line in tex.splitlines() if not line.startswith("%")]
     assert body[0] == r"\begin{tabular}{lllrrr}" and body[-1] == r"\end{tabular}"
     assert [r"\toprule", r"\midrule", r"\bottomrule"] == [x for x in body if x in (r"\toprule", r"\midrule",
@@ -113,12 +115,12 @@ def test_latex_table_is_well_formed_and_holds_the_hand_computed_cells():
 
 
 def test_latex_marks_partial_cells_and_escapes_specials():
-    assert report.latex_escape("a_b & 50% #1 {x} ~^\\") == (
+    assert formats.latex_escape("a_b & 50% #1 {x} ~^\\") == (
         r"a\_b \& 50\% \#1 \{x\} \textasciitilde{}\textasciicircum{}\textbackslash{}"
     )
     records = [r for r in grid_records() if r["run_id"] != "glip_t-pothole-prompt-k1-s300-test"]
-    rep = report.build_report(records, tasks=TASKS, suite="duo", allow_partial=True)
-    row = next(line for line in report.to_latex(rep).splitlines() if r"glip\_t & prompt & 1 " in line)
+    rep = grid.build_report(records, tasks=TASKS, suite="duo", allow_partial=True)
+    row = next(line for line in formats.to_latex(rep).splitlines() if r"glip\_t & prompt & 1 " in line)
     assert r"$55.0 \pm 7.1$$^{*}$" in row and row.rstrip(" \\").endswith("$^{\\dagger}$")  # (50+60)/2, std 7.07
 
 
@@ -128,15 +130,15 @@ def test_latex_marks_partial_cells_and_escapes_specials():
 def test_sources_listing_names_every_record_used_and_the_ones_left_out(tmp_path):
     records = grid_records() + [record("pothole", "zero-shot", 0, 3000, 0.0, status="failed")]
     runs = write_records(tmp_path, records)
-    rep = report.build_report(results.iter_records([runs]), tasks=TASKS, seeds=SEEDS)
-    paths = report.write_report(rep, tmp_path / "lb", formats=("md",))
+    rep = grid.build_report(iter_records([runs]), tasks=TASKS, seeds=SEEDS)
+    paths = formats.write_report(rep, tmp_path / "lb", formats=("md",))
     assert set(paths) == {"markdown", "sources"}  # csv / tex not asked for
     lines = [line.split("\t") for line in paths["sources"].read_text().splitlines() if not line.startswith("#")]
     header, rows = lines[0], lines[1:]
     listed = {r[header.index("run_id")]: r for r in rows}
     for rec in records:
         assert rec["run_id"] in listed
-        assert listed[rec["run_id"]][header.index("path")] == str(results.record_path(tmp_path, rec))
+        assert listed[rec["run_id"]][header.index("path")] == str(record_path(tmp_path, rec))
     used = {run_id for run_id, r in listed.items() if r[header.index("used")] == "yes"}
     assert used == {r["run_id"] for r in records if r["status"] == "ok"}
     assert "Built from 18 run records (listed in lb_sources.txt)." in paths["markdown"].read_text()
@@ -149,7 +151,7 @@ def test_rows_evaluated_on_different_splits_are_flagged():
     records = [r for r in grid_records() if r["regime"] != "zero-shot"]
     records += [record("sea_life", "zero-shot", 0, s, 0.1, split="val") for s in SEEDS]
     records += [record("pothole", "zero-shot", 0, s, 0.2) for s in SEEDS]
-    text = report.format_table(report.build_report(records, tasks=TASKS))
+    text = formats.format_table(grid.build_report(records, tasks=TASKS))
     flag = next(line for line in text.splitlines() if line.startswith("MIXED PROTOCOL"))
     assert "column Sea_life & co" in flag and "split=test" in flag and "split=val" in flag
     assert "glip_t zero-shot 0-shot" in flag and "Pothole" not in flag
@@ -163,7 +165,7 @@ def test_efficiency_plot_data_and_png(tmp_path):
 
     records = grid_records() + [record("sea_life", "prompt", "all", s, 0.5) for s in SEEDS]
     records += [record("pothole", "prompt", "all", s, v) for s, v in zip(SEEDS, (0.7, 0.8, 0.9))]
-    rep = report.build_report(records, tasks=TASKS, suite="duo")
+    rep = grid.build_report(records, tasks=TASKS, suite="duo")
     data = efficiency_data(rep)
     assert data.x == ["0", "1", "10", "all"]  # categorical order, not lexicographic
     suite = {s.label: s for s in data.panels["duo"]}
@@ -187,7 +189,7 @@ def test_efficiency_plot_data_and_png(tmp_path):
 
 
 def test_several_models_get_their_own_lines():
-    rep = report.build_report(grid_records("glip_t") + grid_records("glip_l"), tasks=TASKS)
+    rep = grid.build_report(grid_records("glip_t") + grid_records("glip_l"), tasks=TASKS)
     labels = [s.label for s in efficiency_data(rep).panels["mean"]]
     assert sorted(labels) == ["glip_l prompt", "glip_l zero-shot", "glip_t prompt", "glip_t zero-shot"]
 
@@ -201,7 +203,7 @@ def test_per_category_tables_are_means_over_seeds(tmp_path):
     records = [record("sea_life", "full", 1, s, 0.3, per_category={"fish": f, "shark": k})
                for s, f, k in zip(SEEDS, fish, shark)]  # fmt: skip
     records += [record("pothole", "full", 1, s, 0.5, per_category={"pothole": 0.5}) for s in SEEDS]
-    rep = report.build_report(records, tasks=TASKS)
+    rep = grid.build_report(records, tasks=TASKS)
     tables = {t.task: t for t in category_tables(rep)}
     sea = tables["sea_life"]
     row = ("glip_t", "full", "1")
@@ -224,7 +226,7 @@ def test_per_category_tables_are_means_over_seeds(tmp_path):
 
 
 def test_shipped_published_numbers_load_with_sources():
-    from odinw_bench.tasks import load_suites
+    from odinw_bench.tasks.registry import load_suites
 
     refs = published.load_references()
     assert refs and all(r.source and r.split and r.prompt for r in refs)
@@ -270,7 +272,7 @@ def zero_shot_glip_t_c(split="test"):
 def test_comparison_delta_is_ours_minus_reference_and_flags_the_split():
     records = zero_shot_glip_t_c() + [record("pothole", "full", 1, s, 0.5, model="glip-t-c") for s in SEEDS]
     records += [record("raccoon", "full", 1, s, 0.5, model="glip-t-c") for s in SEEDS]
-    rep = report.build_report(records, tasks=["pothole", "raccoon"], suite="duo")
+    rep = grid.build_report(records, tasks=["pothole", "raccoon"], suite="duo")
     frame = published.compare(rep, published.load_references(), suite_tasks={"odinw13": ["pothole", "raccoon"]})
     assert set(frame["regime"]) == {"zero-shot"}  # fine-tuned rows have no published counterpart
     by_column = {(r["column"], r["ref_split"]): r for _, r in frame.iterrows()}
@@ -288,14 +290,14 @@ def test_comparison_delta_is_ours_minus_reference_and_flags_the_split():
 
 
 def test_comparison_on_the_reference_split_and_prompt_is_not_flagged():
-    rep = report.build_report(zero_shot_glip_t_c(split="val"), tasks=["pothole", "raccoon"])
+    rep = grid.build_report(zero_shot_glip_t_c(split="val"), tasks=["pothole", "raccoon"])
     frame = published.compare(rep, published.load_references(), suite_tasks={})
     assert list(frame["column"]) == ["Pothole", "Raccoon"]  # no suite reference: our columns are not odinw13
     assert set(frame["check"]) == {"same split and prompt"}
 
 
 def test_models_without_published_numbers_are_not_compared():
-    rep = report.build_report(grid_records("glip-micro"), tasks=TASKS)
+    rep = grid.build_report(grid_records("glip-micro"), tasks=TASKS)
     assert published.compare(rep, published.load_references(), suite_tasks={}).empty
     assert report.produce(rep, None).comparison is None
 
@@ -341,7 +343,7 @@ def wandb_sandbox(tmp_path, monkeypatch):
 
 def test_wandb_offline_writes_a_report_run_directory(wandb_sandbox):
     tmp_path = wandb_sandbox
-    rep = report.build_report(zero_shot_glip_t_c(), tasks=["pothole", "raccoon"])
+    rep = grid.build_report(zero_shot_glip_t_c(), tasks=["pothole", "raccoon"])
     outputs = report.produce(rep, tmp_path / "lb", plots=True, wandb="offline")
     run_dir = outputs.wandb_dir
     assert run_dir is not None and run_dir.is_dir() and run_dir.parent == tmp_path / "wandb"
@@ -356,7 +358,7 @@ def test_wandb_failure_is_a_warning_not_an_error(wandb_sandbox, monkeypatch):
         raise RuntimeError("no network")
 
     monkeypatch.setattr(wandb, "init", broken)
-    rep = report.build_report(zero_shot_glip_t_c(), tasks=["pothole", "raccoon"])
+    rep = grid.build_report(zero_shot_glip_t_c(), tasks=["pothole", "raccoon"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         outputs = report.produce(rep, wandb_sandbox / "lb", wandb="online")

@@ -12,7 +12,7 @@ import pytest
 import pytorch_lightning as pl
 
 from odinw_bench.cli import main
-from odinw_bench.results import read_record
+from odinw_bench.results.records import read_record
 
 # A short schedule: 1-2 epochs of 2 batches keep each run to seconds.
 FAST = ["data.num_workers=0", "trainer.limit_train_batches=2", "data.batch_size=2", "trainer.log_every_n_steps=1"]
@@ -81,7 +81,7 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_result(tmp_path, data_ro
     assert _run(tmp_path / "full", data_root, "--regime", "full", epochs=2) == 0
     (uninterrupted,) = _records(tmp_path / "full")
 
-    from odinw_bench import callbacks
+    from odinw_bench.training import callbacks
 
     class CrashAfterFirstEpoch(pl.Callback):
         def on_train_epoch_end(self, trainer, pl_module):
@@ -133,7 +133,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, data_root, ca
 def test_gpu_out_of_memory_says_which_knob_to_turn(tmp_path, data_root, capsys, monkeypatch):
     import torch
 
-    from odinw_bench.module import DetectionModule
+    from odinw_bench.training.module import DetectionModule
 
     def oom(self, batch, batch_idx):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

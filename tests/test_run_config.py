@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from odinw_bench.errors import UserError
-from odinw_bench.run_config import (
+from odinw_bench.training.run_config import (
     RunConfig,
     default_config_path,
     glip_dataset_copies,

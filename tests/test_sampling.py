@@ -21,7 +21,7 @@ from odinw_bench.data.sampling import (
     valid_image_ids,
 )
 from odinw_bench.errors import UserError
-from odinw_bench.task_spec import CategorySpec, SplitSpec, TaskSpec
+from odinw_bench.tasks.spec import CategorySpec, SplitSpec, TaskSpec
 
 
 def _random_coco(rng: random.Random, n_images: int = 60, n_cats: int = 4, degenerate: bool = True) -> dict:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from odinw_bench import runner
 from odinw_bench.cli import build_parser, main
 from odinw_bench.commands.sweep import grid_spec, make_launcher
 from odinw_bench.errors import UserError
-from odinw_bench.launchers import PoolLauncher, run_cell
-from odinw_bench.results import make_record, read_record, write_record
-from odinw_bench.sweep import classify, grid_regimes, parse_shots_list, plan_sweep
+from odinw_bench.results.records import make_record, read_record, write_record
+from odinw_bench.runs import runner
+from odinw_bench.runs.launchers import PoolLauncher, run_cell
+from odinw_bench.runs.sweep import classify, grid_regimes, parse_shots_list, plan_sweep
 
 # A short schedule: 1 epoch of 2 batches keeps each fitted run to seconds.
 FAST = ["schedule.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=2", "data.num_workers=0",
@@ -135,7 +135,7 @@ def micro_checkpoint(tmp_path) -> Path:
 
 def test_killed_sweep_resumes_and_retries_only_failed_cells(tmp_path, data_root, second_task, micro_checkpoint,
                                                             monkeypatch, capsys):
-    from odinw_bench.data import coco
+    from odinw_bench.data import task_files
     from odinw_bench.models.glip import checkpoint
 
     out = tmp_path / "out"
@@ -147,7 +147,7 @@ def test_killed_sweep_resumes_and_retries_only_failed_cells(tmp_path, data_root,
     reads = {"checkpoint": 0, "split": 0}
     interrupt, broken = [True], {("demo2", 30, "prompt")}
     original_request, original_execute = runner.run_request, runner._execute
-    original_read, original_split = checkpoint.read_checkpoint, coco.load_task_split
+    original_read, original_split = checkpoint.read_checkpoint, task_files.load_task_split
 
     def counting_request(req, cache=None):
         calls.append((req.task.name, req.seed, req.regime.name))
@@ -171,7 +171,7 @@ def test_killed_sweep_resumes_and_retries_only_failed_cells(tmp_path, data_root,
     monkeypatch.setattr(runner, "run_request", counting_request)
     monkeypatch.setattr(runner, "_execute", failing_execute)
     monkeypatch.setattr(checkpoint, "read_checkpoint", counting_read)
-    monkeypatch.setattr(coco, "load_task_split", counting_split)
+    monkeypatch.setattr(task_files, "load_task_split", counting_split)
 
     assert main(argv) == 130
     assert len(calls) == 2 and len(_records(out)) == 1

@@ -11,9 +11,19 @@ import pytest
 from odinw_bench.data import synthetic
 from odinw_bench.data.coco import read_split
 from odinw_bench.data.images import load_rgb
-from odinw_bench.data.sampling import DEFAULT_SEEDS, ShortfallWarning, glip_kshot_ids, sample_kshot
-from odinw_bench.data.synthetic import DEMO_CATEGORIES, QUIRK_INDEX, ensure_demo_data, write_synthetic_export
-from odinw_bench.task_spec import CategorySpec, SplitSpec, TaskSpec
+from odinw_bench.data.sampling import (
+    DEFAULT_SEEDS,
+    ShortfallWarning,
+    glip_kshot_ids,
+    sample_kshot,
+)
+from odinw_bench.data.synthetic import (
+    DEMO_CATEGORIES,
+    QUIRK_INDEX,
+    ensure_demo_data,
+    write_synthetic_export,
+)
+from odinw_bench.tasks.spec import CategorySpec, SplitSpec, TaskSpec
 
 SHOTS = (1, 3, 5, 10)
 

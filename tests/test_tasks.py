@@ -15,10 +15,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from odinw_bench import tasks as registry
+from odinw_bench import paths
+from odinw_bench.data.task_files import prepare_data_root
+from odinw_bench.data.validation import diff_categories, validate_task
 from odinw_bench.errors import UserError
-from odinw_bench.task_validation import diff_categories, validate_task
-from odinw_bench.tasks import (
+from odinw_bench.tasks import registry
+from odinw_bench.tasks.registry import (
     list_task_names,
     load_suite,
     load_task,
@@ -104,7 +106,7 @@ ODINW35_EXTRA_ZIPS = set(
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch):
-    for name in (registry.TASKS_DIR_ENV, registry.DATA_ROOT_ENV, registry.CACHE_ENV):
+    for name in (registry.TASKS_DIR_ENV, registry.DATA_ROOT_ENV):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -448,13 +450,15 @@ def test_synthetic_task_uses_cache_and_generates(tmp_path, monkeypatch):
     fake = types.ModuleType("odinw_bench.data.synthetic")
     fake.ensure_demo_data = lambda root: calls.append(Path(root)) or Path(root) / "demo"
     monkeypatch.setitem(sys.modules, "odinw_bench.data.synthetic", fake)
-    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(registry.DATA_ROOT_ENV, str(tmp_path / "real"))  # real-data setting, not for synthetic
     demo = load_task("demo")
     assert demo.synthetic and demo.root == "demo"
     assert resolve_data_root(demo, None) == tmp_path / "cache" / "data"
     assert resolve_data_root(demo, str(tmp_path / "mine")) == tmp_path / "mine"
-    assert resolve_data_root(demo, None, prepare=False) == tmp_path / "cache" / "data"
+    assert calls == []  # resolving is only a path
+    assert prepare_data_root(demo, None) == tmp_path / "cache" / "data"
+    assert prepare_data_root(demo, str(tmp_path / "mine")) == tmp_path / "mine"
     assert calls == [tmp_path / "cache" / "data", tmp_path / "mine"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from odinw_bench import wandb_logging
+from odinw_bench.training import wandb_logging
 
 
 def test_off_creates_nothing(tmp_path):

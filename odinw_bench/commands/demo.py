@@ -47,8 +47,10 @@ def _run_args(args: argparse.Namespace, shots: str, *overrides: str) -> argparse
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from odinw_bench.report import build_report, format_table
-    from odinw_bench.runner import requests_from_args, run_request, summary_table
+    from odinw_bench.report.formats import format_table
+    from odinw_bench.report.grid import build_report
+    from odinw_bench.runs.request import requests_from_args
+    from odinw_bench.runs.runner import run_request, summary_table
 
     plans = [
         ("zero-shot", _run_args(args, "0")),

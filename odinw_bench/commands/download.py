@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Resolve the tasks, download their zips and report the layout check."""
     from odinw_bench.data.download import download_tasks, raise_for_layout
-    from odinw_bench.tasks import resolve_data_root, resolve_tasks
+    from odinw_bench.tasks.registry import resolve_data_root, resolve_tasks
 
     spec = args.suite or args.task
     tasks = [item[0] if isinstance(item, tuple) else item for item in resolve_tasks(spec)]
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"generated locally, nothing to download: {', '.join(t.name for t in tasks)}")
         return 0
     # The same rule every command uses: --data-root, then $ODINW_ROOT, then DATASET/odinw (as GLIP's script).
-    data_root = resolve_data_root(real[0], args.data_root, prepare=False)
+    data_root = resolve_data_root(real[0], args.data_root)
     results = download_tasks(real, data_root, base_url=args.base_url, keep_zip=args.keep_zip, force=args.force)
     for result in results:
         print(f"{result.zip_name}: {result.action} ({result.url})")

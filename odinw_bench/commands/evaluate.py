@@ -39,10 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the task split and the predictions, score them, and report."""
-    from odinw_bench.data.coco import load_task_split
+    from odinw_bench.data.task_files import load_task_split
     from odinw_bench.errors import UserError
-    from odinw_bench.evaluation import evaluate_detections, format_eval_table, read_predictions
-    from odinw_bench.tasks import load_task, resolve_data_root
+    from odinw_bench.results.evaluation import (
+        evaluate_detections,
+        format_eval_table,
+        read_predictions,
+    )
+    from odinw_bench.tasks.registry import load_task, resolve_data_root
 
     task = load_task(args.task)
     split = args.split or task.test_split
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON atomically."""
-    from odinw_bench.results import atomic_write_text
+    from odinw_bench.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
     print(f"wrote {path}", file=sys.stderr)

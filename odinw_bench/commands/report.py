@@ -83,7 +83,7 @@ def _parse_seeds(text: str | None) -> list[int] | None:
 
 def _suite_tasks(spec: str) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """Task names, prompt variant per task and display names of a suite / task list."""
-    from odinw_bench.tasks import resolve_tasks
+    from odinw_bench.tasks.registry import resolve_tasks
 
     names, prompts, display = [], {}, {}
     for item in resolve_tasks(spec):
@@ -96,11 +96,13 @@ def _suite_tasks(spec: str) -> tuple[list[str], dict[str, str], dict[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     """Load the records, aggregate, print the table and write the files."""
-    from odinw_bench import report, results
+    from odinw_bench.report import build as report
+    from odinw_bench.report import formats, grid
+    from odinw_bench.results import records
 
     seeds = _parse_seeds(args.seeds)
-    formats = report.check_formats([f.strip() for f in args.formats.split(",") if f.strip()])
-    records = list(results.iter_records(args.results))
+    formats = formats.check_formats([f.strip() for f in args.formats.split(",") if f.strip()])
+    records = list(records.iter_records(args.results))
     if not records:
         raise UserError(f"no run records found in {', '.join(args.results)}", field="RESULTS")
     tasks = prompts = display = None
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         tasks, prompts, display = _suite_tasks(args.suite)
         # A plain suite name labels the average column; a comma list or YAML path does not make a good label.
         suite = args.suite if re.fullmatch(r"[A-Za-z0-9_-]+", args.suite) else "mean"
-    rep = report.build_report(
+    rep = grid.build_report(
         records,
         tasks=tasks,
         suite=suite,

@@ -76,10 +76,10 @@ def _split(text: str | None) -> list[str]:
 
 
 def grid_spec(args: argparse.Namespace):
-    """The :class:`~odinw_bench.sweep.GridSpec` of the parsed arguments."""
+    """The :class:`~odinw_bench.runs.sweep.GridSpec` of the parsed arguments."""
     from pathlib import Path
 
-    from odinw_bench.sweep import GridSpec, parse_int_list, parse_shots_list
+    from odinw_bench.runs.sweep import GridSpec, parse_int_list, parse_shots_list
 
     run_args: list[str] = []
     for flag, dest, takes_value in RUN_OPTIONS:
@@ -99,7 +99,7 @@ def make_launcher(args: argparse.Namespace):
     from pathlib import Path
 
     from odinw_bench.errors import UserError
-    from odinw_bench.launchers import LocalLauncher, PoolLauncher, SubmititLauncher
+    from odinw_bench.runs.launchers import LocalLauncher, PoolLauncher, SubmititLauncher
 
     if args.launcher == "local":
         gpus = _split(args.gpus)
@@ -117,7 +117,7 @@ def make_launcher(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from odinw_bench.sweep import listing, plan_sweep, run_sweep
+    from odinw_bench.runs.sweep import listing, plan_sweep, run_sweep
 
     spec = grid_spec(args)
     launcher = None if args.dry_run else make_launcher(args)  # bad launcher options fail before planning
@@ -139,8 +139,9 @@ def _print_table(cells, spec) -> None:
     import logging
 
     from odinw_bench.errors import UserError
-    from odinw_bench.report import build_report, format_table
-    from odinw_bench.results import read_record
+    from odinw_bench.report.formats import format_table
+    from odinw_bench.report.grid import build_report
+    from odinw_bench.results.records import read_record
 
     records = [read_record(c.record_path) for c in cells if c.state == "done"]
     tasks = list(dict.fromkeys(c.task for c in cells))

@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _entries(args: argparse.Namespace) -> list[dict]:
-    from odinw_bench import tasks as registry
-    from odinw_bench.task_validation import split_counts
+    from odinw_bench.data.validation import split_counts
+    from odinw_bench.tasks import registry
 
     if args.suite:
         pairs = registry.resolve_tasks(args.suite)
@@ -47,7 +47,7 @@ def _entries(args: argparse.Namespace) -> list[dict]:
     entries = []
     for task, variant in pairs:
         # Listing must never write: synthetic data is only counted if it was generated before.
-        root = registry.resolve_data_root(task, args.data_root, prepare=False)
+        root = registry.resolve_data_root(task, args.data_root)
         counts = split_counts(task, root) if task.task_dir(root).is_dir() else {s: None for s in task.splits}
         entries.append(
             {
@@ -97,7 +97,7 @@ def _print_table(entries: list[dict]) -> None:
 
 
 def _print_suites() -> None:
-    from odinw_bench.tasks import load_suites
+    from odinw_bench.tasks.registry import load_suites
 
     suites = load_suites()
     if suites:

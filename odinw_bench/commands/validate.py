@@ -51,16 +51,17 @@ def _marks() -> tuple[str, str, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the tasks; raise UserError (exit 2) if any check fails."""
+    from odinw_bench.data.task_files import prepare_data_root
+    from odinw_bench.data.validation import validate_task
     from odinw_bench.errors import UserError
-    from odinw_bench.task_validation import validate_task
-    from odinw_bench.tasks import resolve_data_root, resolve_tasks
+    from odinw_bench.tasks.registry import resolve_tasks
 
     if args.images < 0:
         raise UserError("must be >= 0", field="--images")
     passed, failed, warned = _marks()
     failures = []
     for task, _ in resolve_tasks(args.task):
-        report = validate_task(task, resolve_data_root(task, args.data_root), max_images=args.images)
+        report = validate_task(task, prepare_data_root(task, args.data_root), max_images=args.images)
         print(f"{task.name} ({task.display_name}), data root {report.data_root}")
         for check in report.checks:
             mark = passed if check.ok else (warned if check.warning else failed)

@@ -1,11 +1,17 @@
 """Data: everything between an ODinW folder on disk and a batch for the model.
 
-Reading and sampling live in:
-    coco: :func:`~odinw_bench.data.coco.read_split` and :func:`~odinw_bench.data.coco.load_task_split` turn an
-        ODinW annotation file into a cleaned, indexed :class:`~odinw_bench.data.coco.CocoSplit`.
+Holds:
+    coco: :func:`~odinw_bench.data.coco.read_split` turns an ODinW annotation file into a cleaned, indexed
+        :class:`~odinw_bench.data.coco.CocoSplit`.
+    task_files: a task's data root (generating built-in synthetic data) and
+        :func:`~odinw_bench.data.task_files.load_task_split`.
     images: :func:`~odinw_bench.data.images.load_rgb`, EXIF-aware RGB loading with a clear error for bad files.
     sampling: :func:`~odinw_bench.data.sampling.sample_kshot`, GLIP's k-shot rule and the prepared few-shot files.
+    prompts, tokenizer: captions, token spans, positive maps and chunks, with the packaged BERT vocabulary.
     synthetic: a deterministic Roboflow-style export (the offline ``demo`` task).
+    download: resumable, verified download and safe extraction of the ODinW zips.
+    validation: checks of a task against its files (folders, annotations, categories, images, few-shot files).
 
-Importing this package imports nothing heavy; each submodule imports its own dependencies.
+May import: ``tasks`` and the base modules. Importing this package imports nothing heavy; each submodule imports
+its own dependencies.
 """

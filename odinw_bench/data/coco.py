@@ -28,7 +28,7 @@ from odinw_bench.jsonio import read_json_file
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from odinw_bench.task_spec import CategorySpec, TaskSpec
+    from odinw_bench.tasks.spec import CategorySpec
 
 logger = logging.getLogger(__name__)
 
@@ -199,36 +199,6 @@ def read_split(
     stats["n_categories"] = len(cats)
     logger.debug("read %s: %s", path, stats)
     return CocoSplit(path, Path(img_dir), cats, image_list, annotations, stats, original)
-
-
-def load_task_split(task: TaskSpec, split: str, data_root: str | Path) -> CocoSplit:
-    """Read a registered split of a task from ``data_root`` with the task's categories.
-
-    Built-in synthetic tasks are generated under ``data_root`` on first use.
-
-    Raises:
-        UserError: For an unknown split, or when the task's data is not under ``data_root`` (the message names
-            the ``download`` command that fetches it).
-    """
-    data_root = Path(data_root)
-    if split not in task.splits:
-        raise UserError(
-            f"task '{task.name}' has no split '{split}'; it has: {', '.join(task.splits)}", field="split"
-        )
-    if task.synthetic:
-        from odinw_bench.data.synthetic import ensure_demo_data
-
-        ensure_demo_data(data_root)
-    ann_file, img_dir = task.split_files(split, data_root)
-    ann_file = resolve_ann_file(ann_file)
-    if not ann_file.is_file():
-        where = "data root" if not data_root.is_dir() else "annotation file"
-        raise UserError(
-            f"{where} not found for task '{task.name}' split '{split}'; get the data with: "
-            f"python -m odinw_bench download --task {task.name} --data-root {data_root}",
-            path=data_root if not data_root.is_dir() else ann_file,
-        )
-    return read_split(ann_file, img_dir, task.categories)
 
 
 def split_stats(

@@ -12,7 +12,7 @@ nothing half-extracted; then check that every split's annotation file and image 
 Example::
 
     from odinw_bench.data.download import download_tasks, raise_for_layout
-    from odinw_bench.tasks import resolve_tasks
+    from odinw_bench.tasks.registry import resolve_tasks
 
     results = download_tasks([t for t, _ in resolve_tasks("odinw13")], "DATASET/odinw")
     raise_for_layout(results)
@@ -20,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -30,18 +29,17 @@ import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from urllib.parse import quote
-
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from odinw_bench import __version__
 from odinw_bench.errors import UserError
 
 if TYPE_CHECKING:
-    from odinw_bench.task_spec import TaskSpec
+    from odinw_bench.tasks.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +141,9 @@ def _download_zip(name, tasks, data_root: Path, url, keep_zip, force, sha256, pr
         logger.info("%s: already present in %s", name, data_root)
         return DownloadResult(name, url, "present", layouts)
     zip_path = data_root / f"{name}.zip"
-    with _file_lock(data_root / f".{name}.zip.lock"):  # two processes fetching one zip would corrupt the .part
+    from filelock import FileLock
+
+    with FileLock(data_root / f".{name}.zip.lock"):  # two processes fetching one zip would corrupt the .part
         if force or not zip_path.exists():
             fetch(url, zip_path, expected_sha256=sha256, force=force, progress=progress)
             action = "downloaded"
@@ -160,19 +160,6 @@ def _download_zip(name, tasks, data_root: Path, url, keep_zip, force, sha256, pr
         if not keep_zip:
             zip_path.unlink()
     return DownloadResult(name, url, action, [check_layout(t, data_root) for t in tasks])
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def fetch(

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from odinw_bench.data.tokenizer import MAX_QUERY_LEN, count_tokens, get_tokenizer
 from odinw_bench.errors import UserError
-from odinw_bench.task_spec import PromptSpec
+from odinw_bench.tasks.spec import PromptSpec
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-    from odinw_bench.task_spec import TaskSpec
+    from odinw_bench.tasks.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from odinw_bench.data.coco import CocoSplit
-    from odinw_bench.task_spec import TaskSpec
+    from odinw_bench.tasks.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from odinw_bench.atomic import atomic_write_bytes
 from odinw_bench.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def ensure_demo_data(data_root: str | Path) -> Path:
         raise UserError(f"cannot write the demo data: {err.strerror or err}", path=data_root) from None
     try:
         write_synthetic_export(tmp)
-        _write_atomic(tmp / MARKER_NAME, json.dumps(wanted, sort_keys=True).encode())
+        atomic_write_bytes(tmp / MARKER_NAME, json.dumps(wanted, sort_keys=True).encode())
         if _marker(target) == wanted:  # another process finished first: keep its copy, readers may be using it
             return target
         if target.exists():  # an older generator version: move it aside, then delete it
@@ -155,18 +156,6 @@ def _marker(folder: Path) -> dict | None:
         return None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_split_images(split_dir, folder, n_images, image_size, categories, quirks, rng) -> dict:
     """Render and save one split's images; returns ``{"images": [...], "annotations": [...]}``."""
     images, annotations = [], []
@@ -178,7 +167,7 @@ def _write_split_images(split_dir, folder, n_images, image_size, categories, qui
         stem = f"{folder} fruit {index:03d}" if quirk == "spaces" else f"{folder}_{index:03d}"
         file_name = stem + (".png" if quirk in ("grayscale", "rgba") else ".jpg")
         encoded = _encode(canvas, quirk)
-        _write_atomic(split_dir / file_name, encoded)
+        atomic_write_bytes(split_dir / file_name, encoded)
         width, height = image_size  # as displayed: the EXIF image's stored pixels are turned, its JSON size is not
         images.append(
             {
@@ -317,8 +306,8 @@ def _write_annotation_files(split_dir: Path, coco: dict, categories: list[dict])
         **coco,
     }
     clean = {**raw, "categories": categories}
-    _write_atomic(split_dir / "_annotations.coco.json", _json_bytes(raw))
-    _write_atomic(split_dir / "annotations_without_background.json", _json_bytes(clean))
+    atomic_write_bytes(split_dir / "_annotations.coco.json", _json_bytes(raw))
+    atomic_write_bytes(split_dir / "annotations_without_background.json", _json_bytes(clean))
 
 
 def _write_fewshot_files(split_dir: Path, fewshot_name: str) -> None:
@@ -331,7 +320,7 @@ def _write_fewshot_files(split_dir: Path, fewshot_name: str) -> None:
         for seed in DEFAULT_SEEDS:
             chosen = split.subset(glip_kshot_ids(split, shots, seed)).to_coco_dict()
             path = split_dir / f"fewshot_{fewshot_name}_shot{shots}_seed{seed}.json"
-            _write_atomic(path, _json_bytes(chosen))
+            atomic_write_bytes(path, _json_bytes(chosen))
 
 
 def _json_bytes(data: dict) -> bytes:

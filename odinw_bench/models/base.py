@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
 
-    from odinw_bench.task_spec import PromptSpec
+    from odinw_bench.tasks.spec import PromptSpec
 
 # Name -> "module:Class". Strings, so importing this module never imports a backend's dependencies.
 BACKENDS: dict[str, str] = {

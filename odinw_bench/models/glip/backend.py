@@ -23,8 +23,8 @@ from odinw_bench.errors import UserError
 from odinw_bench.models.base import DetectionBatch, Detections, DetectorBackend
 from odinw_bench.models.glip import preprocess
 from odinw_bench.models.glip.config import GLIPConfig, get_preset
-from odinw_bench.models.glip.official_config import from_official_yaml
 from odinw_bench.models.glip.model import GLIP
+from odinw_bench.models.glip.official_config import from_official_yaml
 from odinw_bench.models.glip.postprocess import rescale_boxes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from odinw_bench.data.prompts import TaskPrompt
     from odinw_bench.models.glip.checkpoint import LoadReport
-    from odinw_bench.task_spec import PromptSpec
+    from odinw_bench.tasks.spec import PromptSpec
 
 logger = logging.getLogger(__name__)
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from odinw_bench.atomic import atomic_target
 from odinw_bench.errors import UserError
 
 if TYPE_CHECKING:
@@ -341,15 +340,8 @@ def convert_to_safetensors(src_pth: str | Path, dst: str | Path, trust: bool = F
         seen.add(ptr)
     metadata = {"format": "pt", "source_file": src_pth.name, "source_sha256": sha256_file(src_pth),
                 "converted_by": f"odinw_bench {__version__}"}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_target(dst) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     logger.info("Converted %s -> %s (%d tensors)", src_pth, dst, len(tensors))
     return dst
 

@@ -20,7 +20,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from odinw_bench.models.glip.box_coder import TO_REMOVE, BoxCoder, box_iou_legacy, clip_boxes_legacy
+from odinw_bench.models.glip.box_coder import (
+    TO_REMOVE,
+    BoxCoder,
+    box_iou_legacy,
+    clip_boxes_legacy,
+)
 
 logger = logging.getLogger(__name__)
 

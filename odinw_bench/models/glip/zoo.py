@@ -15,12 +15,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from odinw_bench import paths
 from odinw_bench.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 HUB_REPO = "GLIPModel/GLIP"
-CACHE_ENV = "ODINW_BENCH_CACHE"
 
 
 @dataclass(frozen=True)
@@ -78,15 +78,9 @@ def zoo_entry(preset: str) -> ZooEntry:
     raise UserError(f"no released checkpoint for '{preset}'; {hint}known: {', '.join(entries)}", field="model")
 
 
-def default_cache_dir() -> Path:
-    """``$ODINW_BENCH_CACHE`` if set, else ``~/.cache/odinw_bench``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "odinw_bench"
-
-
 def checkpoint_dir(cache_dir: str | Path | None = None, repo_id: str = HUB_REPO) -> Path:
     """Folder holding the files of ``repo_id`` inside the cache."""
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else paths.cache_dir()
     return root / "checkpoints" / repo_id.replace("/", "--")
 
 
@@ -109,7 +103,7 @@ def fetch_checkpoint(
 
     Args:
         preset: ``glip-t-a``, ``glip-t-b``, ``glip-t-c``, ``glip-t`` or ``glip-l``.
-        cache_dir: Cache root (default :func:`default_cache_dir`); files go to ``checkpoints/GLIPModel--GLIP/``.
+        cache_dir: Cache root (default :func:`odinw_bench.paths.cache_dir`); files go to ``checkpoints/GLIPModel--GLIP/``.
         delete_pth: Delete the downloaded ``.pth`` after conversion (it is 2.4 to 6.9 GB).
         trust: Allow full unpickling of the ``.pth`` (see :func:`~odinw_bench.models.glip.checkpoint.read_checkpoint`).
         revision: Hub revision.

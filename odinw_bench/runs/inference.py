@@ -1,7 +1,7 @@
 """Run a detector over a task split and score it: the path every regime ends with.
 
 Example:
-    >>> from odinw_bench.data.coco import load_task_split
+    >>> from odinw_bench.data.task_files import load_task_split
     >>> split = load_task_split(task, "test", data_root)                          # doctest: +SKIP
     >>> backend.set_vocabulary(task.category_names, task.prompt)                   # doctest: +SKIP
     >>> result, predictions = evaluate_split(backend, split)                       # doctest: +SKIP
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from odinw_bench.data.coco import CocoSplit
-    from odinw_bench.evaluation import EvalResult
     from odinw_bench.models.base import DetectorBackend
+    from odinw_bench.results.evaluation import EvalResult
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def predict_split(backend: DetectorBackend, split: CocoSplit, *, batch_size: int
     from tqdm.auto import tqdm
 
     from odinw_bench.data.images import load_rgb
-    from odinw_bench.evaluation import detections_to_coco
+    from odinw_bench.results.evaluation import detections_to_coco
 
     category_ids = [c["id"] for c in split.categories]
     device = next(backend.parameters()).device
@@ -74,7 +74,7 @@ def evaluate_split(backend: DetectorBackend, split: CocoSplit, *, batch_size: in
     Returns:
         ``(result, predictions)``: the COCO metrics (AP, AP50, ..., per-category AP) and the COCO results.
     """
-    from odinw_bench.evaluation import evaluate_detections
+    from odinw_bench.results.evaluation import evaluate_detections
 
     predictions = predict_split(backend, split, batch_size=batch_size, progress=progress)
     result = evaluate_detections(split.to_coco_dict(), predictions, source=split.ann_file)

@@ -2,8 +2,8 @@
 
 Used by ``python -m odinw_bench validate`` and ``tasks --data-root``. Example::
 
-    from odinw_bench.tasks import load_task, resolve_data_root
-    from odinw_bench.task_validation import validate_task
+    from odinw_bench.tasks.registry import load_task, resolve_data_root
+    from odinw_bench.data.validation import validate_task
 
     aquarium = load_task("aquarium")
     report = validate_task(aquarium, resolve_data_root(aquarium, "DATASET/odinw"))
@@ -19,8 +19,8 @@ from typing import Any
 
 from odinw_bench.data.coco import read_json, resolve_ann_file
 from odinw_bench.errors import UserError
-from odinw_bench.task_spec import TaskSpec
-from odinw_bench.tasks import DATA_ROOT_ENV, FEWSHOT_SEEDS, FEWSHOT_SHOTS
+from odinw_bench.tasks.registry import DATA_ROOT_ENV, FEWSHOT_SEEDS, FEWSHOT_SHOTS
+from odinw_bench.tasks.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Sweeps: a grid of runs (tasks × shots × seeds × regimes × models), planned, resumed and launched.
 
 Planning expands the grid into cells and computes each cell's run id without running anything
-(:func:`odinw_bench.run_identity.run_identity`, the function ``run`` itself uses). A cell is then
+(:func:`odinw_bench.runs.identity.run_identity`, the function ``run`` itself uses). A cell is then
 
 - ``done``: a record with its run id and status ``ok`` exists under the output folder: it is skipped;
 - ``failed``: its record has status ``failed`` (or cannot be read): it is reported, and rerun only when asked;
@@ -14,8 +14,8 @@ rows exactly like the others.
 
 Example::
 
-    from odinw_bench.sweep import GridSpec, plan_sweep, run_sweep
-    from odinw_bench.launchers import LocalLauncher
+    from odinw_bench.runs.sweep import GridSpec, plan_sweep, run_sweep
+    from odinw_bench.runs.launchers import LocalLauncher
 
     spec = GridSpec(tasks="demo", shots=[0, 1], seeds=[3, 30], regimes=["prompt"], models=["glip-micro"],
                     output=Path("results"), run_args=["--data-root", "data"], overrides=["schedule.max_epochs=1"])
@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 from odinw_bench.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from odinw_bench.launchers import CellFn, Launcher
-    from odinw_bench.runner import RunRequest
+    from odinw_bench.runs.launchers import CellFn, Launcher
+    from odinw_bench.runs.request import RunRequest
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def grid_regimes(shots: Sequence[int | str], regimes: Sequence[str]) -> dict[int
     Raises:
         UserError: For unknown regimes, a zero-shot regime without shots 0, or shots > 0 with no training regime.
     """
-    from odinw_bench.regimes import get_regime
+    from odinw_bench.training.regimes import get_regime
 
     names = list(dict.fromkeys(get_regime(r).name for r in regimes))
     training = [r for r in names if r != ZERO_SHOT]
@@ -152,7 +152,7 @@ def _looks_like_path(item: str) -> bool:
 
 def _task_args(tasks: str) -> dict[str, str]:
     """Task name -> what a cell passes to ``run --task`` for it (its name, or its YAML path)."""
-    from odinw_bench.tasks import resolve_tasks
+    from odinw_bench.tasks.registry import resolve_tasks
 
     args: dict[str, str] = {}
     for item in (s.strip() for s in tasks.split(",") if s.strip()):
@@ -185,10 +185,9 @@ def plan_sweep(spec: GridSpec, *, fetch: bool = True) -> list[Cell]:
         fetch: Download zoo checkpoints that are not cached yet (once, here, rather than in every worker). A dry
             run passes False; its cells of such models have no run id yet.
     """
-    from odinw_bench import runner
-    from odinw_bench.cli import build_parser
+    from odinw_bench.runs.arguments import parse_run_args
+    from odinw_bench.runs.request import requests_from_args
 
-    parser = build_parser()
     task_args = _task_args(spec.tasks)
     per_shots = grid_regimes(spec.shots, spec.regimes)
     seeds = [str(s) for s in spec.seeds]
@@ -198,8 +197,8 @@ def plan_sweep(spec: GridSpec, *, fetch: bool = True) -> list[Cell]:
             for regime in regimes:
                 group = ["--task", spec.tasks, "--shots", str(shots), "--regime", regime, *model_flags,
                          *spec.run_args, "--output", str(spec.output), "--seed", *seeds]
-                args = parser.parse_args(["run", *group, "--no-progress", *spec.overrides])
-                for req in runner.requests_from_args(args):
+                args = parse_run_args([*group, "--no-progress", *spec.overrides])
+                for req in requests_from_args(args):
                     cells.append(_make_cell(req, task_args[req.task.name], model, model_flags, spec, fetch))
     classify(cells)
     return cells
@@ -207,8 +206,8 @@ def plan_sweep(spec: GridSpec, *, fetch: bool = True) -> list[Cell]:
 
 def _make_cell(req: RunRequest, task_arg: str, model: str, model_flags: list[str], spec: GridSpec,
                fetch: bool) -> Cell:
-    from odinw_bench.results import record_path
-    from odinw_bench.run_identity import CheckpointNotDownloaded, run_identity
+    from odinw_bench.results.records import record_path
+    from odinw_bench.runs.identity import CheckpointNotDownloaded, run_identity
 
     argv = ["--task", task_arg, "--shots", str(req.shots), "--seed", str(req.seed), "--regime", req.regime.name,
             *model_flags, *spec.run_args, "--output", str(spec.output)]
@@ -233,7 +232,7 @@ def _make_cell(req: RunRequest, task_arg: str, model: str, model_flags: list[str
 
 def classify(cells: Sequence[Cell]) -> None:
     """Set each cell's state from the record at its record path (the records are the source of truth)."""
-    from odinw_bench.results import read_record
+    from odinw_bench.results.records import read_record
 
     for cell in cells:
         cell.state, cell.error = "left", None
@@ -306,7 +305,7 @@ def run_sweep(cells: list[Cell], launcher: Launcher, out: Callable[[str], Any], 
     every cell is classified again from the records on disk; a cell whose run ended without a record keeps the
     launcher's error and stays failed in the summary (on disk it is still missing, so a rerun runs it).
     """
-    from odinw_bench.launchers import run_cell
+    from odinw_bench.runs.launchers import run_cell
 
     todo = [c for c in cells if c.state == "left" or (retry_failed and c.state == "failed")]
     summary = SweepSummary(cells, skipped_done=sum(c.state == "done" for c in cells),

@@ -9,7 +9,6 @@ fails before anything is written; a run that fails later writes a record with ``
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 import warnings
@@ -18,48 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from odinw_bench.errors import UserError
-from odinw_bench.run_identity import RunIdentity, model_config, run_identity
+from odinw_bench.runs.identity import RunIdentity, model_config, run_identity
 
 if TYPE_CHECKING:  # pragma: no cover
-    from odinw_bench.launchers import RunCache
-    from odinw_bench.regimes import Regime
-    from odinw_bench.run_config import RunConfig
-    from odinw_bench.task_spec import TaskSpec
+    from odinw_bench.runs.cache import RunCache
+    from odinw_bench.runs.request import RunRequest
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "glip-t"
 
 # Lightning warnings that are expected here: GLIP keeps frozen modules in eval mode on purpose, the module moves
 # DetectionBatch itself, and a Lightning-internal deprecation. Anything else still shows.
 _EXPECTED_LIGHTNING_WARNINGS = (r".*module\(s\) in eval mode at the start of training.*",
                                 r".*overridden `transfer_batch_to_device`.*",
                                 r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-
-
-@dataclass
-class RunRequest:
-    """Everything one run needs; ``config`` is the recipe with the command-line overrides merged in."""
-
-    task: TaskSpec
-    prompt_variant: str | None
-    shots: int | str
-    seed: int
-    regime: Regime
-    model: str | None
-    checkpoint: Path | None
-    official_config: Path | None
-    trust_checkpoint: bool
-    data_root: Path
-    output: Path
-    split: str
-    config: RunConfig
-    resume: bool = False
-    progress: bool = True
-
-    @property
-    def model_name(self) -> str:
-        return self.model or Path(self.official_config).stem
 
 
 @dataclass
@@ -70,44 +40,6 @@ class RunOutcome:
     record_path: Path
     predictions_path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def requests_from_args(args: argparse.Namespace) -> list[RunRequest]:
-    """Check every argument before anything runs, and expand tasks × seeds into requests."""
-    from odinw_bench.regimes import get_regime
-    from odinw_bench.run_config import load_run_config
-    from odinw_bench.tasks import resolve_data_root, resolve_tasks
-
-    overrides = list(args.overrides)
-    for flag, key in ((args.devices, "trainer.devices"), (args.precision, "trainer.precision"),
-                      (args.wandb, "wandb.mode")):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
-    config = load_run_config(args.recipe, overrides)
-    if args.model and args.config:
-        raise UserError("give --model (a preset) or --config (an official GLIP YAML), not both", field="--config")
-    model = None if args.config else (args.model or DEFAULT_MODEL)
-    regime = get_regime(args.regime or ("zero-shot" if args.shots == 0 else "full"))
-    if args.shots == 0 and regime.fit:
-        raise UserError(f"--shots 0 is zero-shot: regime '{regime.name}' needs training data", field="--regime")
-    requests = []
-    for task, suite_variant in resolve_tasks(args.task):
-        variant = args.prompt or suite_variant
-        if variant not in (None, "default") and variant not in task.prompt_variants:
-            raise UserError(f"task '{task.name}' has no prompt variant '{variant}' "
-                            f"(known: default, {', '.join(task.prompt_variants) or 'none'})", field="--prompt")
-        split = args.split or task.test_split
-        if split not in task.splits:
-            raise UserError(f"task '{task.name}' has no split '{split}'", field="--split")
-        data_root = resolve_data_root(task, args.data_root)
-        for seed in args.seed:
-            requests.append(RunRequest(
-                task=task, prompt_variant=variant, shots=args.shots, seed=seed, regime=regime, model=model,
-                checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-                official_config=Path(args.config) if args.config else None,
-                trust_checkpoint=args.trust_checkpoint, data_root=data_root, output=Path(args.output),
-                split=split, config=config, resume=args.resume, progress=not args.no_progress))
-    return requests
 
 
 def _build_backend(req: RunRequest, ident: RunIdentity, cache: RunCache | None) -> Any:
@@ -152,9 +84,9 @@ def run_request(req: RunRequest, cache: RunCache | None = None) -> RunOutcome:
 
 
 def _execute(req: RunRequest, backend: Any, ctx: dict, cache: RunCache | None = None) -> RunOutcome:
-    from odinw_bench.datamodule import ODinWDataModule
-    from odinw_bench.inference import evaluate_split
-    from odinw_bench.regimes import apply_regime, count_parameters
+    from odinw_bench.runs.inference import evaluate_split
+    from odinw_bench.training.datamodule import ODinWDataModule
+    from odinw_bench.training.regimes import apply_regime, count_parameters
 
     resolved = ctx["resolved"]
     backend.set_vocabulary(req.task.category_names, req.task.prompt_for(req.prompt_variant))
@@ -197,9 +129,9 @@ def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from odinw_bench.callbacks import RngStateCheckpoint, glip_callbacks
-    from odinw_bench.module import DetectionModule
-    from odinw_bench.run_config import trainer_kwargs
+    from odinw_bench.training.callbacks import RngStateCheckpoint, glip_callbacks
+    from odinw_bench.training.module import DetectionModule
+    from odinw_bench.training.run_config import trainer_kwargs
 
     resolved, run_id = ctx["resolved"], ctx["run_id"]
     module = DetectionModule.from_resolved(backend, resolved, req.task.category_ids)
@@ -234,7 +166,7 @@ def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
 
 
 def _wandb_logger(req: RunRequest, ctx: dict) -> Any:
-    from odinw_bench.wandb_logging import make_wandb_logger
+    from odinw_bench.training.wandb_logging import make_wandb_logger
 
     wb = ctx["resolved"]["wandb"]
     if wb["mode"] == "off" or ctx.get("wandb_started"):
@@ -250,9 +182,9 @@ def _wandb_logger(req: RunRequest, ctx: dict) -> Any:
 
 
 def _save(req, backend, dm, ctx, result, predictions, params, timings, fit_info) -> RunOutcome:
-    from odinw_bench.evaluation import write_predictions
-    from odinw_bench.leaderboard import append_leaderboard_row
-    from odinw_bench.results import SELECT_VAL_AP, record_path, write_record
+    from odinw_bench.results.evaluation import write_predictions
+    from odinw_bench.results.leaderboard import append_leaderboard_row
+    from odinw_bench.results.records import SELECT_VAL_AP, record_path, write_record
 
     metrics = dict(result.metrics)
     metrics.update({f"AP-{name}": value for name, value in result.per_category.items()})
@@ -277,8 +209,8 @@ def _sample_info(dm: Any) -> dict:
 
 
 def _make_record(req, ctx, dm, backend, metrics, params, timings, fit_info, error: str | None = None) -> dict:
-    from odinw_bench.results import make_record
-    from odinw_bench.tasks import task_sha256
+    from odinw_bench.results.records import make_record
+    from odinw_bench.tasks.registry import task_sha256
 
     task = req.task
     config = {**ctx["identity"], "data": dm.describe() if dm is not None else None, "fit": fit_info}
@@ -298,7 +230,7 @@ def _make_record(req, ctx, dm, backend, metrics, params, timings, fit_info, erro
 
 def _write_failure(req: RunRequest, ctx: dict, err: BaseException) -> None:
     """A failed run still leaves one complete record (status failed, with the error), never a partial one."""
-    from odinw_bench.results import record_path, write_record
+    from odinw_bench.results.records import record_path, write_record
 
     try:
         record = _make_record(req, ctx, None, None, {}, {"trainable": None, "total": None}, {}, {},
@@ -309,7 +241,7 @@ def _write_failure(req: RunRequest, ctx: dict, err: BaseException) -> None:
 
 
 def _log_wandb_final(req: RunRequest, ctx: dict, dm: Any, result: Any, predictions: list[dict]) -> None:
-    from odinw_bench.wandb_logging import log_final
+    from odinw_bench.training.wandb_logging import log_final
 
     wb_logger = ctx.get("wandb") or _wandb_logger(req, ctx)
     if wb_logger is None:

@@ -3,7 +3,7 @@
 Scoring is pycocotools' ``COCOeval(gt, dt, "bbox")`` with its default parameters (IoU .50:.05:.95, areas
 all/small/medium/large, 100 detections), as GLIP's ``evaluate_predictions_on_coco``. Example::
 
-    from odinw_bench.evaluation import evaluate_detections, detections_to_coco
+    from odinw_bench.results.evaluation import evaluate_detections, detections_to_coco
 
     preds = detections_to_coco(image_id, boxes_xyxy, scores, labels, category_ids=task.category_ids)
     result = evaluate_detections(gt_dict, preds)
@@ -323,7 +323,7 @@ def _to_numpy(values: Any) -> Any:
 
 def write_predictions(path: str | Path, predictions: Sequence[Mapping[str, Any]]) -> None:
     """Write COCO results to ``path`` as a JSON list, atomically (temporary file, then rename)."""
-    from odinw_bench.results import atomic_write_text
+    from odinw_bench.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(list(predictions), allow_nan=False))
 

@@ -42,12 +42,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from odinw_bench.data.coco import load_task_split
 from odinw_bench.data.images import CorruptImageCounter, load_rgb
 from odinw_bench.data.sampling import parse_shots, sample_kshot
+from odinw_bench.data.task_files import load_task_split
 from odinw_bench.errors import UserError
-from odinw_bench.run_config import glip_dataset_copies
 from odinw_bench.models.base import DetectionBatch
+from odinw_bench.training.run_config import glip_dataset_copies
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Sequence
@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from odinw_bench.data.coco import CocoImage, CocoSplit
     from odinw_bench.data.sampling import KShotSample
     from odinw_bench.models.base import DetectorBackend
-    from odinw_bench.task_spec import TaskSpec
+    from odinw_bench.tasks.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Push report tables and plots to a W&B run of job type ``report``.
 
-Same conventions as :mod:`odinw_bench.wandb_logging`: W&B never prompts, never prints banners and never fails
+Same conventions as :mod:`odinw_bench.training.wandb_logging`: W&B never prompts, never prints banners and never fails
 the report — any W&B error becomes a warning and the report goes on. ``offline`` writes a local run folder
 (``<save_dir>/wandb/offline-run-*``) that ``wandb sync`` uploads later; ``online`` needs an account.
 
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from odinw_bench.wandb_logging import wandb_enabled
+from odinw_bench.training.wandb_logging import wandb_enabled
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from odinw_bench.report_formats import markdown_table, path_namer
-from odinw_bench.report_grid import ROW_KEYS, SCALE, Report
-from odinw_bench.results import atomic_write_text
+from odinw_bench.atomic import atomic_write_text
+from odinw_bench.report.formats import markdown_table, path_namer
+from odinw_bench.report.grid import ROW_KEYS, SCALE, Report
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from odinw_bench.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from odinw_bench.runner import RunRequest
+    from odinw_bench.runs.request import RunRequest
 
 
 class CheckpointNotDownloaded(UserError):
@@ -28,7 +28,7 @@ class RunIdentity:
     """What makes a run the run it is, known before anything is loaded.
 
     Attributes:
-        run_id: :func:`~odinw_bench.results.make_run_id` of the fields below and of the task.
+        run_id: :func:`~odinw_bench.results.records.make_run_id` of the fields below and of the task.
         model: The record's model entry: ``name``, ``checkpoint`` (path or None), ``checkpoint_sha256``.
         resolved: The recipe resolved for the regime and shot count.
         identity: The config part of the id: resolved recipe, prompt variant, split and the model config.
@@ -97,7 +97,7 @@ def run_identity(req: RunRequest, *, fetch: bool = True) -> RunIdentity:
 
     ``run`` and ``sweep`` both call this, so a sweep knows which runs exist before it starts any.
     """
-    from odinw_bench.results import make_run_id
+    from odinw_bench.results.records import make_run_id
 
     config = model_config(req)  # first: an unknown preset is named as such, not as a missing checkpoint
     ckpt = resolve_checkpoint(req, fetch=fetch)

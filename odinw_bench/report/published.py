@@ -25,8 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from odinw_bench import paths
 from odinw_bench.errors import UserError
-from odinw_bench.report_grid import SCALE, Report
+from odinw_bench.report.grid import SCALE, Report
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class Reference:
 
 def published_dir() -> Path:
     """Folder of the shipped reference files."""
-    return Path(__file__).parent / "resources" / "published"
+    return paths.RESOURCES_DIR / "published"
 
 
 def load_references(paths: Sequence[str | Path] | None = None) -> list[Reference]:
@@ -105,7 +106,7 @@ def reference_model(name: str) -> str | None:
 
 def _suite_tasks() -> dict[str, list[str]]:
     """Suite name -> task names, from ``tasks/suites.yaml`` (empty if it cannot be read)."""
-    from odinw_bench.tasks import load_suites
+    from odinw_bench.tasks.registry import load_suites
 
     try:
         return {name: list(spec.tasks) for name, spec in load_suites().items()}

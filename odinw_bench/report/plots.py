@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odinw_bench.report_formats import path_namer
-from odinw_bench.report_grid import SCALE, Report
+from odinw_bench.atomic import atomic_write
+from odinw_bench.report.formats import path_namer
+from odinw_bench.report.grid import SCALE, Report
 
 logger = logging.getLogger(__name__)
 
@@ -102,17 +101,8 @@ def _draw(ax: Any, x: list[str], lines: list[Series], title: str, ylabel: str | 
 
 
 def _save(fig: Any, path: Path) -> Path:
-    """Save a figure as PNG atomically (temp file in the same folder, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Save a figure as PNG atomically."""
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100, bbox_inches="tight"), binary=True)
 
 
 def plot_suite(data: EfficiencyData, suite: str, path: str | Path) -> Path:

@@ -15,10 +15,10 @@ Statistics (stated in every table header):
 
 Example::
 
-    from odinw_bench import results
-    from odinw_bench.report_grid import build_report
+    from odinw_bench.results import records
+    from odinw_bench.report.grid import build_report
 
-    rep = build_report(results.iter_records(["results/runs"]), tasks=["aquarium", "pothole"], suite="mine")
+    rep = build_report(records.iter_records(["results/runs"]), tasks=["aquarium", "pothole"], suite="mine")
     print(rep.suite_stats)
 """
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from odinw_bench.errors import UserError
-from odinw_bench.leaderboard import leaderboard_row
+from odinw_bench.results.leaderboard import leaderboard_row
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def records_to_frame(records: Iterable[Any], metric: str = "AP"):
     """One row per run: the leaderboard columns, ``task_display``, ``path`` and ``value`` (= ``metrics[metric]``).
 
     Args:
-        records: Run records, or ``(path, record)`` pairs as :func:`odinw_bench.results.iter_records` yields.
+        records: Run records, or ``(path, record)`` pairs as :func:`odinw_bench.results.records.iter_records` yields.
         metric: Metric key copied into ``value`` (NaN where a run lacks it).
     """
     import pandas as pd

@@ -1,15 +1,15 @@
 """The leaderboard CSV: one flat row per run, appended safely by many concurrent runs.
 
-The run records (:mod:`odinw_bench.results`) stay the source of truth; this file is a convenient flat view of
+The run records (:mod:`odinw_bench.results.records`) stay the source of truth; this file is a convenient flat view of
 them that a spreadsheet or ``pandas.read_csv`` opens directly. Writers serialise on a lock file, a row is
 appended with one complete ``write``, a rerun of the same ``run_id`` replaces its row, and a torn last line left
 by a crash is dropped rather than extended.
 
 Example::
 
-    from odinw_bench import leaderboard, results
+    from odinw_bench.results import leaderboard, records
 
-    record = results.read_record("results/runs/aquarium/glip-t/prompt_tuning/k1_s3_0123456789ab.json")
+    record = records.read_record("results/runs/aquarium/glip-t/prompt_tuning/k1_s3_0123456789ab.json")
     leaderboard.append_leaderboard_row("results/leaderboard.csv", record)
 """
 
@@ -23,8 +23,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from odinw_bench.atomic import atomic_write_text
 from odinw_bench.errors import UserError
-from odinw_bench.results import COCO_METRICS, SELECT_VAL_AP, atomic_write_text, to_plain, validate_record
+from odinw_bench.results.records import (
+    COCO_METRICS,
+    SELECT_VAL_AP,
+    to_plain,
+    validate_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +81,7 @@ def _csv_line(values: Iterable[Any]) -> str:
 def append_leaderboard_row(csv_path: str | Path, record: Mapping[str, Any]) -> Path:
     """Add a record's row to a leaderboard CSV; safe when many processes append to the same file at once.
 
-    An exclusive ``fcntl.flock`` on ``<csv_path>.lock`` serialises writers. The header is written once, with the
+    An exclusive :class:`filelock.FileLock` on ``<csv_path>.lock`` serialises writers. The header is written once, with the
     first row. A new row is appended with a single ``write`` of the complete line, then flushed and fsynced, so
     a reader never sees a partial row. **A run_id already in the file is replaced** (the newest record of a run
     wins, e.g. a rerun after a failure); replacing rewrites the file atomically.
@@ -84,15 +90,13 @@ def append_leaderboard_row(csv_path: str | Path, record: Mapping[str, Any]) -> P
         UserError: If the record does not validate, or the existing file has different columns (written by
             another schema version).
     """
-    import fcntl  # POSIX only; imported here so that reading records works everywhere
+    from filelock import FileLock  # portable (POSIX and Windows), unlike fcntl
 
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     row = leaderboard_row(validate_record(to_plain(record)))
     line = _csv_line(row.values())
-    lock_fd = os.open(f"{csv_path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    with FileLock(f"{csv_path}.lock"):
         lines = _read_leaderboard_lines(csv_path)
         if not lines:
             _append(csv_path, _csv_line(LEADERBOARD_COLUMNS) + line, truncate=True)
@@ -104,9 +108,6 @@ def append_leaderboard_row(csv_path: str | Path, record: Mapping[str, Any]) -> P
             atomic_write_text(csv_path, "".join(lines))
         else:
             _append(csv_path, line)
-    finally:
-        fcntl.flock(lock_fd, fcntl.LOCK_UN)
-        os.close(lock_fd)
     return csv_path
 
 

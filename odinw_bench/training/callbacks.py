@@ -9,7 +9,7 @@ After every evaluation GLIP does three things with the val AP, all reproduced he
 * on the same rule (AP >= best) it saves ``model_best`` (:class:`GlipBestCheckpoint`; Lightning's
   ``ModelCheckpoint`` only saves on a strict gain, so it would keep an earlier model on ties).
 
-An undefined AP (pycocotools' -1, NaN in :class:`~odinw_bench.evaluation.EvalResult`) is compared as -1, as GLIP
+An undefined AP (pycocotools' -1, NaN in :class:`~odinw_bench.results.evaluation.EvalResult`) is compared as -1, as GLIP
 compares the raw value. Non-finite losses are skipped by :class:`NonFiniteLossGuard`, which stops a run that
 keeps diverging; GLIP instead zeroes NaN entries and steps anyway.
 

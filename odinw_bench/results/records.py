@@ -2,18 +2,18 @@
 
 A record says exactly what was run (task + version + YAML hash, split, prompt, shots, seed, sampled image ids,
 regime, model + checkpoint hash, resolved config), what came out (COCO metrics, per-category AP, parameter counts,
-timings) and where (git commit + dirty flag, library versions, GPU; collected by :mod:`odinw_bench.provenance`).
-The CSV leaderboard (:mod:`odinw_bench.leaderboard`), Markdown tables and W&B summaries are derived from these
-files (:mod:`odinw_bench.report`).
+timings) and where (git commit + dirty flag, library versions, GPU; collected by :mod:`odinw_bench.results.provenance`).
+The CSV leaderboard (:mod:`odinw_bench.results.leaderboard`), Markdown tables and W&B summaries are derived from these
+files (:mod:`odinw_bench.report.build`).
 
 Example::
 
-    from odinw_bench import leaderboard, results
+    from odinw_bench.results import leaderboard, records
 
-    run_id = results.make_run_id("aquarium", 1, "glip_tiny", ckpt_sha, "prompt_tuning", 1, 3, config)
-    record = results.make_record(run_id=run_id, task={...}, split="test", ..., metrics={"AP": 0.42, ...})
-    path = results.record_path("results", record)
-    results.write_record(path, record)
+    run_id = records.make_run_id("aquarium", 1, "glip_tiny", ckpt_sha, "prompt_tuning", 1, 3, config)
+    record = records.make_record(run_id=run_id, task={...}, split="test", ..., metrics={"AP": 0.42, ...})
+    path = records.record_path("results", record)
+    records.write_record(path, record)
     leaderboard.append_leaderboard_row("results/leaderboard.csv", record)
 
 Metrics are fractions in [0, 1] as pycocotools returns them; ``NaN`` ("no ground truth in this area") is stored as
@@ -22,26 +22,30 @@ Metrics are fractions in [0, 1] as pycocotools returns them; ``NaN`` ("no ground
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import io
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TextIO
 
+from typing_extensions import TypedDict
+
+from odinw_bench.atomic import atomic_write
 from odinw_bench.errors import UserError
 from odinw_bench.jsonio import read_json_file
-from odinw_bench.provenance import collect_env, collect_git, utc_now
-from odinw_bench.typed_json import check_type, is_int
+from odinw_bench.results.provenance import collect_env, collect_git, utc_now
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+
+# pydantic's strict JSON rules for every part of a record: no bool for an int, no string for a number, no NaN.
+# A plain dict (pydantic reads it as its ConfigDict), so importing this module does not import pydantic.
+_STRICT = {"strict": True, "allow_inf_nan": False}
 
 #: Metric keys of the COCO summary, in pycocotools' order.
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -52,6 +56,7 @@ SELECT_VAL_AP = "select/val_AP"
 class TaskInfo(TypedDict):
     """Which task: ``name`` (YAML stem), ``version``, ``sha256`` of its YAML (None if unknown), ``display_name``."""
 
+    __pydantic_config__ = _STRICT
     name: str
     version: int
     sha256: str | None
@@ -61,6 +66,7 @@ class TaskInfo(TypedDict):
 class PromptInfo(TypedDict):
     """``variant`` (``"default"`` or e.g. ``odinw_35``) and the exact ``captions`` seen (one per prompt chunk)."""
 
+    __pydantic_config__ = _STRICT
     variant: str
     captions: list[str]
 
@@ -70,6 +76,7 @@ class SampleInfo(TypedDict):
     sha256 hex[:16] and count, the same for the validation images used for selection (None: full split or none),
     and ``shortfall`` = {category name: images available} for categories with fewer than k images."""
 
+    __pydantic_config__ = _STRICT
     sampler: str
     train_ids: list[int]
     train_ids_hash: str | None
@@ -83,6 +90,7 @@ class SampleInfo(TypedDict):
 class ModelInfo(TypedDict):
     """``name`` of the model preset or config, ``checkpoint`` path or hub id, and its ``checkpoint_sha256``."""
 
+    __pydantic_config__ = _STRICT
     name: str
     checkpoint: str | None
     checkpoint_sha256: str | None
@@ -91,6 +99,7 @@ class ModelInfo(TypedDict):
 class ParamsInfo(TypedDict):
     """Parameter counts as run: ``trainable`` under the regime, and ``total``."""
 
+    __pydantic_config__ = _STRICT
     trainable: int | None
     total: int | None
 
@@ -98,6 +107,7 @@ class ParamsInfo(TypedDict):
 class GitInfo(TypedDict):
     """``commit`` of the odinw_bench checkout and ``dirty`` (uncommitted changes present)."""
 
+    __pydantic_config__ = _STRICT
     commit: str
     dirty: bool
 
@@ -129,6 +139,7 @@ class RunRecord(TypedDict):
         timings: Named durations in seconds (``fit_s``, ``eval_s``, ...).
     """
 
+    __pydantic_config__ = _STRICT
     schema_version: int
     run_id: str
     created_at: str
@@ -264,50 +275,13 @@ def write_record(path: str | Path, record: Mapping[str, Any]) -> Path:
     clean = validate_record(to_plain(record), path=path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    def serialise(fh: io.TextIOBase) -> None:
-        # Streams into the temp file; if encoding fails halfway, _atomic_write deletes the partial file.
+    def serialise(fh: TextIO) -> None:
+        # Streams into the temp file; if encoding fails halfway, atomic_write deletes the partial file.
         json.dump(clean, fh, indent=2, default=_json_default, allow_nan=False)
         fh.write("\n")
 
-    _atomic_write(path, serialise)
+    atomic_write(path, serialise)
     return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda fh: fh.write(text))
-    return path
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Whatever failed, the half-written temp file must not survive: readers only ever see whole files.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform/file system allows fsync on a directory.
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def to_plain(value: Any) -> Any:
@@ -353,7 +327,9 @@ def read_record(path: str | Path) -> RunRecord:
 def validate_record(data: Any, *, path: str | Path | None = None) -> RunRecord:
     """Check ``data`` against :class:`RunRecord` (its type annotations are the schema) and return it.
 
-    Unknown extra keys are allowed, so optional fields can be added without a new schema version.
+    The types are checked by pydantic in strict mode; the rules types cannot say (``shots >= 0``, a failed run
+    carries its error, metrics are fractions) are checked here. Unknown extra keys are allowed, so optional fields
+    can be added without a new schema version.
 
     Raises:
         UserError: Naming ``path`` and the dotted field that is missing or has the wrong type or value.
@@ -361,16 +337,16 @@ def validate_record(data: Any, *, path: str | Path | None = None) -> RunRecord:
     if not isinstance(data, dict):
         raise UserError("a run record must be a JSON object", path=path)
     version = data.get("schema_version")
-    if is_int(version) and version > SCHEMA_VERSION:
+    if _is_int(version) and version > SCHEMA_VERSION:
         raise UserError(
             f"schema_version {version} is newer than this odinw_bench reads ({SCHEMA_VERSION}); upgrade odinw_bench",
             path=path,
             field="schema_version",
         )
-    check_type(data, RunRecord, "", path)
+    _check_types(data, path)
     if version != SCHEMA_VERSION:
         raise UserError(f"unsupported schema_version {version}", path=path, field="schema_version")
-    if is_int(data["shots"]) and data["shots"] < 0:
+    if _is_int(data["shots"]) and data["shots"] < 0:
         raise UserError("shots must be >= 0 or 'all'", path=path, field="shots")
     if data["status"] == "failed" and not data["error"]:
         raise UserError("a failed run must carry its error text", path=path, field="error")
@@ -384,6 +360,64 @@ def validate_record(data: Any, *, path: str | Path | None = None) -> RunRecord:
                 field=f"metrics.{name}",
             )
     return data  # type: ignore[return-value]
+
+
+@functools.cache
+def _record_adapter() -> Any:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(RunRecord)
+
+
+# pydantic's wording, shortened to what a person reading a record error needs.
+_EXPECTED = {"a valid integer": "integer", "a valid string": "string", "a valid boolean": "boolean",
+             "a valid number": "number", "a finite number": "finite number", "a valid dictionary": "an object",
+             "a valid list": "a list"}  # fmt: skip
+
+
+def _check_types(data: dict, path: str | Path | None) -> None:
+    """Raise one UserError for the first type mismatch pydantic finds, naming its dotted field."""
+    from pydantic import ValidationError
+
+    try:
+        _record_adapter().validate_python(data)
+    except ValidationError as err:
+        errors = err.errors(include_url=False)
+        field = _field_of(data, errors[0]["loc"], errors[0]["type"] == "missing")
+        if errors[0]["type"] == "missing":
+            raise UserError("missing field", path=path, field=field) from None
+        # A union (``int | 'all'``) reports one error per member at the same field: name every member.
+        same = [e for e in errors if _field_of(data, e["loc"], e["type"] == "missing") == field]
+        wanted = dict.fromkeys(_expected(e["msg"]) for e in same)
+        got = errors[0]["input"]
+        shown = "null" if got is None else f"{type(got).__name__} {got!r:.60}"
+        raise UserError(f"expected {' or '.join(wanted)}, got {shown}", path=path, field=field) from None
+
+
+def _expected(message: str) -> str:
+    text = message.removeprefix("Input should be ")
+    return _EXPECTED.get(text, text)
+
+
+def _field_of(data: Any, loc: tuple, missing: bool) -> str:
+    """The dotted field (``sample.train_ids[1]``) of a pydantic error location, without its union-member tags."""
+    parts: list[str] = []
+    node = data
+    for i, key in enumerate(loc):
+        if isinstance(node, dict) and key in node:
+            parts.append(str(key))
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            parts[-1] += f"[{key}]"
+            node = node[key]
+        elif missing and i == len(loc) - 1:
+            parts.append(str(key))
+    return ".".join(parts)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer that is not a bool (JSON ``true`` must not pass as ``1``)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def iter_records(paths_or_dirs: Iterable[str | Path]) -> Iterator[tuple[Path, RunRecord]]:

@@ -3,17 +3,17 @@
 A cell is the argument list of one ``python -m odinw_bench run`` (one task, shot count, seed, regime and model).
 Every launcher runs :func:`run_cell` (a top-level function of plain data, so process pools and submitit can
 pickle it) on each cell and calls ``on_finish(index, result)`` as cells end. The run records on disk stay the
-source of truth: :mod:`odinw_bench.sweep` reads them back after a launcher returns.
+source of truth: :mod:`odinw_bench.runs.sweep` reads them back after a launcher returns.
 
 Example::
 
-    from odinw_bench.launchers import LocalLauncher, PoolLauncher, SubmititLauncher, run_cell
+    from odinw_bench.runs.launchers import LocalLauncher, PoolLauncher, SubmititLauncher, run_cell
 
     launcher = PoolLauncher(workers=2, gpus=["0", "1"])      # or LocalLauncher(), SubmititLauncher("slurm", ...)
     results = launcher.launch([["--task", "demo", "--shots", "1", "--model", "glip-micro"]], run_cell, print)
 
-A worker keeps what it loaded in a :class:`RunCache`: a checkpoint read for one cell is reused by its later cells
-(keyed by path, size and mtime), and so are the task splits it indexed.
+A worker keeps what it loaded in a :class:`~odinw_bench.runs.cache.RunCache`: a checkpoint read for one cell is
+reused by its later cells (keyed by path, size and mtime), and so are the task splits it indexed.
 """
 
 from __future__ import annotations
@@ -21,22 +21,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from odinw_bench.errors import UserError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from odinw_bench.data.coco import CocoSplit
-    from odinw_bench.task_spec import TaskSpec
+from odinw_bench.runs.cache import process_cache, reset_process_cache
 
 logger = logging.getLogger(__name__)
 
 #: What a cell returns: ``status`` (``ok``/``failed``), ``run_id``, ``error``, ``record`` (path) and ``cache``
-#: (this process's :attr:`RunCache.reads`), all plain data.
+#: (this process's :attr:`~odinw_bench.runs.cache.RunCache.reads`), all plain data.
 CellResult = dict
 CellFn = Callable[[list[str]], CellResult]
 OnFinish = Callable[[int, CellResult], None]
@@ -52,82 +48,21 @@ class Launcher(Protocol):
         ...  # pragma: no cover
 
 
-class RunCache:
-    """What one process reuses across its runs: checkpoint state dicts and task splits.
-
-    Args:
-        max_checkpoints: State dicts kept at once (GLIP-L's is 1.7 GB); the least recently used goes first.
-    """
-
-    def __init__(self, max_checkpoints: int = 1):
-        self.max_checkpoints = max_checkpoints
-        self._states: OrderedDict[tuple, dict] = OrderedDict()
-        self._splits: dict[tuple, CocoSplit] = {}
-        #: How often each kind was actually read from disk (the rest were cache hits).
-        self.reads = {"checkpoint": 0, "split": 0}
-
-    def state_dict(self, path: str | Path, trust: bool = False) -> dict:
-        """``read_checkpoint(path)``, read once per file version (path, size, mtime).
-
-        The tensors are shared between runs: callers copy them into a model, never change them in place.
-        """
-        from odinw_bench.models.glip import checkpoint
-
-        stat = Path(path).stat()
-        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, trust)
-        if key in self._states:
-            self._states.move_to_end(key)
-            return self._states[key]
-        state = checkpoint.read_checkpoint(path, trust=trust)
-        self.reads["checkpoint"] += 1
-        self._states[key] = state
-        while len(self._states) > self.max_checkpoints:
-            self._states.popitem(last=False)
-        return state
-
-    def split(self, task: TaskSpec, split: str, data_root: str | Path) -> CocoSplit:
-        """``load_task_split(task, split, data_root)``, indexed once per task content, split and data root."""
-        from odinw_bench.data import coco
-        from odinw_bench.tasks import task_sha256
-
-        key = (task_sha256(task), split, str(Path(data_root).resolve()))
-        if key not in self._splits:
-            self._splits[key] = coco.load_task_split(task, split, data_root)
-            self.reads["split"] += 1
-        return self._splits[key]
-
-
-_PROCESS_CACHE: RunCache | None = None
-
-
-def process_cache() -> RunCache:
-    """This process's :class:`RunCache`, created on first use."""
-    global _PROCESS_CACHE
-    if _PROCESS_CACHE is None:
-        _PROCESS_CACHE = RunCache()
-    return _PROCESS_CACHE
-
-
-def reset_process_cache() -> None:
-    """Drop this process's cache (frees the state dicts it holds)."""
-    global _PROCESS_CACHE
-    _PROCESS_CACHE = None
-
-
 def run_cell(argv: list[str]) -> CellResult:
     """Run one cell (the arguments of a ``run`` for exactly one run) in this process.
 
     A run that fails writes its failed record (the runner does) and comes back as ``status: failed``; it never
     stops the sweep. Only ``KeyboardInterrupt`` propagates.
     """
-    from odinw_bench import runner
-    from odinw_bench.cli import build_parser
+    from odinw_bench.runs import runner
+    from odinw_bench.runs.arguments import parse_run_args
+    from odinw_bench.runs.request import requests_from_args
 
     cache = process_cache()
     result: CellResult = {"status": "failed", "run_id": None, "error": None, "record": None}
     try:
-        args = build_parser().parse_args(["run", *argv])
-        (request,) = runner.requests_from_args(args)
+        args = parse_run_args(argv)
+        (request,) = requests_from_args(args)
         outcome = runner.run_request(request, cache=cache)
         result.update(status="ok", run_id=outcome.record["run_id"], record=str(outcome.record_path))
     except UserError as err:
@@ -140,7 +75,7 @@ def run_cell(argv: list[str]) -> CellResult:
 
 
 class LocalLauncher:
-    """Runs the cells one after the other in this process, sharing one :class:`RunCache`."""
+    """Runs the cells one after the other in this process, sharing one :class:`~odinw_bench.runs.cache.RunCache`."""
 
     concurrency = 1
 
@@ -167,7 +102,7 @@ def _init_worker(gpu_queue: Any, threads: int, log_level: int) -> None:
 
 
 class PoolLauncher:
-    """Runs the cells in ``workers`` spawned processes; each keeps its own :class:`RunCache` across its cells.
+    """Runs the cells in ``workers`` spawned processes; each keeps its own :class:`~odinw_bench.runs.cache.RunCache` across its cells.
 
     Args:
         workers: Number of worker processes.

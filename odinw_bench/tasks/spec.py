@@ -1,7 +1,7 @@
 """The task schema: what one ``tasks/<name>.yaml`` holds.
 
 These dataclasses are OmegaConf structured-config schemas: a YAML key that is not declared here is an error,
-and so is a missing required field. Loading, suites and validation live in :mod:`odinw_bench.tasks`.
+and so is a missing required field. Loading, suites and validation live in :mod:`odinw_bench.tasks.registry`.
 
 Paths in a task are relative to the task's dataset folder ``<data_root>/<root>``, exactly as GLIP's
 ``configs/odinw_13`` register them (e.g. ``train/annotations_without_background.json``).

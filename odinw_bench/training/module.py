@@ -25,13 +25,18 @@ from typing import TYPE_CHECKING, Any
 import pytorch_lightning as pl
 import torch
 
-from odinw_bench.callbacks import MONITOR, NonFiniteLossGuard, plateau_step
 from odinw_bench.errors import UserError
 from odinw_bench.models.base import DetectionBatch
-from odinw_bench.regimes import Regime, apply_regime, get_regime, set_frozen_modules_eval
+from odinw_bench.training.callbacks import MONITOR, NonFiniteLossGuard, plateau_step
+from odinw_bench.training.regimes import (
+    Regime,
+    apply_regime,
+    get_regime,
+    set_frozen_modules_eval,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from odinw_bench.evaluation import EvalResult
+    from odinw_bench.results.evaluation import EvalResult
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ class DetectionModule(pl.LightningModule):
 
     Args:
         backend: A :class:`~odinw_bench.models.base.DetectorBackend` that is an ``nn.Module``, vocabulary set.
-        regime: A :class:`~odinw_bench.regimes.Regime` or its name; applied at construction.
+        regime: A :class:`~odinw_bench.training.regimes.Regime` or its name; applied at construction.
         category_ids: COCO category id of each label index (the task's categories in vocabulary order).
         optim: Resolved ``optim`` section (``lr``, ``language_lr``, ``weight_decay``, ``bias_lr_factor``,
             ``weight_decay_bias``; ``grad_clip_norm`` is the trainer's).
@@ -54,7 +59,7 @@ class DetectionModule(pl.LightningModule):
 
     Attributes:
         trainable_names: Parameter names the regime trains.
-        val_result: The last validation's :class:`~odinw_bench.evaluation.EvalResult`.
+        val_result: The last validation's :class:`~odinw_bench.results.evaluation.EvalResult`.
         test_result: The last test's EvalResult (metrics and per-category AP).
         test_predictions: The last test's COCO results, sorted by image id.
     """
@@ -83,7 +88,7 @@ class DetectionModule(pl.LightningModule):
     @classmethod
     def from_resolved(cls, backend: torch.nn.Module, resolved: Mapping[str, Any], category_ids: Sequence[int],
                       **kwargs: Any) -> DetectionModule:
-        """Build from a :meth:`~odinw_bench.run_config.RunConfig.resolved_for` result."""
+        """Build from a :meth:`~odinw_bench.training.run_config.RunConfig.resolved_for` result."""
         return cls(backend, resolved["regime"], category_ids, resolved["optim"], resolved["schedule"],
                    freeze_conv_body_at=resolved["model"]["freeze_conv_body_at"], **kwargs)
 
@@ -149,7 +154,7 @@ class DetectionModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with GLIP's groups, and ReduceLROnPlateau on val AP stepped once per epoch (GLIP's quirk in
         :meth:`lr_scheduler_step`)."""
-        from odinw_bench.optim import build_optimizer
+        from odinw_bench.training.optim import build_optimizer
 
         schedule = self.hparams.schedule
         optimizer = build_optimizer(self.backend, **self.hparams.optim)
@@ -196,7 +201,7 @@ class DetectionModule(pl.LightningModule):
 
     def _collect(self, stage: str, batch: DetectionBatch) -> None:
         """Predict one batch and keep its COCO results by image id (duplicates from padded samplers collapse)."""
-        from odinw_bench.evaluation import detections_to_coco
+        from odinw_bench.results.evaluation import detections_to_coco
 
         if len(batch.image_ids) != len(batch.image_sizes):
             raise ValueError(f"{stage} batches need one image id per image (DetectionBatch.image_ids)")
@@ -210,7 +215,7 @@ class DetectionModule(pl.LightningModule):
 
     def _evaluate(self, stage: str) -> tuple[EvalResult, list[dict]]:
         """Gather the predictions of all processes, score them with pycocotools and log the summary metrics."""
-        from odinw_bench.evaluation import evaluate_detections
+        from odinw_bench.results.evaluation import evaluate_detections
 
         gt = self._ground_truth[stage]
         if gt is None:

@@ -1,12 +1,12 @@
 """Where a run happened: the git state of the odinw_bench checkout, library versions, GPU and the current time.
 
-Every run record carries these (:func:`odinw_bench.results.make_record` fills them in), so that a number can be
+Every run record carries these (:func:`odinw_bench.results.records.make_record` fills them in), so that a number can be
 traced back to the code and environment that produced it. Nothing here imports a heavy package: versions come
 from package metadata, and CUDA/GPU details only from a torch the run has already imported.
 
 Example::
 
-    from odinw_bench import provenance
+    from odinw_bench.results import provenance
 
     provenance.collect_git()  # {"commit": "3f2c...", "dirty": False}, or None outside a checkout
     provenance.collect_env()  # {"python": "3.11.7", "torch": "2.14.1", ..., "cuda": None, "gpu_name": None}
@@ -21,10 +21,8 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the schema module imports this one; at run time the annotation is only a string
-    from odinw_bench.results import GitInfo
+from odinw_bench import paths
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +42,13 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def collect_git(cwd: str | Path | None = None) -> GitInfo | None:
+def collect_git(cwd: str | Path | None = None) -> dict[str, str | bool] | None:
     """Commit and dirty flag of the odinw_bench checkout (``cwd`` defaults to the package's folder).
 
     Returns:
-        None outside a git repository or where git is not installed.
+        ``{"commit": str, "dirty": bool}`` (the record's ``git`` field), or None outside a git repository or where git is not installed.
     """
-    cwd = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
+    cwd = Path(cwd) if cwd is not None else paths.PACKAGE_DIR
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True

@@ -1,22 +1,25 @@
 """Reports from run records, as the papers show them: the leaderboard, data-efficiency plots, per-category AP,
 published numbers side by side, and a W&B copy.
 
-The pieces live in their own modules; this one re-exports their public names and assembles them:
+The pieces live in their own modules; this one assembles them into the files one ``report`` command writes:
 
-- :mod:`odinw_bench.report_grid`: aggregation over seeds and tasks (statistics stated in its docstring).
-- :mod:`odinw_bench.report_formats`: text, Markdown, LaTeX and CSV tables, and the ``*_sources.txt`` listing.
-- :mod:`odinw_bench.report_categories`: per-category AP tables.
-- :mod:`odinw_bench.report_plots`: AP vs shots plots.
-- :mod:`odinw_bench.published`: published numbers and the comparison with our zero-shot rows.
-- :mod:`odinw_bench.report_wandb`: tables and plots to a W&B run of job type ``report``.
+- :mod:`odinw_bench.report.grid`: aggregation over seeds and tasks (statistics stated in its docstring).
+- :mod:`odinw_bench.report.formats`: text, Markdown, LaTeX and CSV tables, and the ``*_sources.txt`` listing.
+- :mod:`odinw_bench.report.categories`: per-category AP tables.
+- :mod:`odinw_bench.report.plots`: AP vs shots plots.
+- :mod:`odinw_bench.report.published`: published numbers and the comparison with our zero-shot rows.
+- :mod:`odinw_bench.report.wandb_upload`: tables and plots to a W&B run of job type ``report``.
 
 Example::
 
-    from odinw_bench import report, results
+    from odinw_bench.report.build import produce
+    from odinw_bench.report.formats import format_table
+    from odinw_bench.report.grid import build_report
+    from odinw_bench.results.records import iter_records
 
-    rep = report.build_report(results.iter_records(["results/runs"]), tasks=["aquarium", "pothole"], suite="mine")
-    print(report.format_table(rep))
-    outputs = report.produce(rep, "results/leaderboard", plots=True, per_category=True)
+    rep = build_report(iter_records(["results/runs"]), tasks=["aquarium", "pothole"], suite="mine")
+    print(format_table(rep))
+    outputs = produce(rep, "results/report/odinw13", plots=True, per_category=True)
     print(outputs.text)
 """
 
@@ -28,27 +31,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odinw_bench.report_formats import (
-    FORMATS, check_formats, display_rows, format_table, header_lines, latex_escape, latex_table, legend_lines,
-    markdown_table, output_paths, path_namer, sources_text, summary_frame, text_table, to_latex, to_markdown,
-    wide_frame, write_report,
+from odinw_bench.atomic import atomic_write_text
+from odinw_bench.report.formats import (
+    FORMATS,
+    check_formats,
+    format_table,
+    latex_escape,
+    latex_table,
+    markdown_table,
+    path_namer,
+    summary_frame,
+    text_table,
+    wide_frame,
+    write_report,
 )  # fmt: skip
-from odinw_bench.report_grid import (
-    GROUP_KEYS, PROTOCOL_KEYS, ROW_KEYS, SCALE, Z95, Cell, Report, build_report, protocol_warnings,
-    records_to_frame, row_label, used_run_ids,
+from odinw_bench.report.grid import (
+    Report,
+    used_run_ids,
 )  # fmt: skip
-from odinw_bench.results import atomic_write_text
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "FORMATS", "GROUP_KEYS", "PROTOCOL_KEYS", "ROW_KEYS", "SCALE", "Z95", "Cell", "Report", "ReportOutputs",
-    "build_report", "check_formats", "comparison_text", "display_rows", "format_table", "header_lines",
-    "latex_escape", "legend_lines", "output_paths", "produce", "protocol_warnings", "records_to_frame",
-    "row_label", "sources_text", "summary_frame", "to_latex", "to_markdown", "used_run_ids", "wide_frame",
-    "write_report",
-]  # fmt: skip
-
 
 @dataclass
 class ReportOutputs:
@@ -58,8 +60,8 @@ class ReportOutputs:
         paths: Key -> file written (``wide``, ``markdown``, ``latex``, ``sources``, ``compare_csv``, ``plot_suite``,
             ``per_category_<task>``, ...).
         text: The terminal text: leaderboard, then the comparison with published numbers if any.
-        comparison: :func:`odinw_bench.published.compare` frame (None when not compared).
-        efficiency: Plotted values (:class:`odinw_bench.report_plots.EfficiencyData`) when plots were made.
+        comparison: :func:`odinw_bench.report.published.compare` frame (None when not compared).
+        efficiency: Plotted values (:class:`odinw_bench.report.plots.EfficiencyData`) when plots were made.
         categories: Per-category tables when requested.
         wandb_dir: Local W&B run folder, when pushed.
     """
@@ -74,7 +76,7 @@ class ReportOutputs:
 
 def comparison_text(frame, fmt: str = "text") -> str:
     """The comparison with published numbers as ``text``, ``md`` or ``tex``, with its numbered sources."""
-    from odinw_bench.published import comparison_rows
+    from odinw_bench.report.published import comparison_rows
 
     header, body, notes = comparison_rows(frame)
     title = "published zero-shot numbers (AP x 100; delta = ours - reference; check = split/prompt agreement)"
@@ -92,8 +94,8 @@ def _compare(rep: Report, compare: bool | None, references: Sequence[Any] | None
     """The comparison frame, or None when there is nothing (or nothing asked) to compare."""
     if compare is False:
         return None
-    from odinw_bench.published import compare as compare_rows
-    from odinw_bench.published import load_references
+    from odinw_bench.report.published import compare as compare_rows
+    from odinw_bench.report.published import load_references
 
     frame = compare_rows(rep, load_references() if references is None else references)
     if frame.empty:
@@ -136,12 +138,12 @@ def produce(rep: Report, out: str | Path | None, *, formats: Sequence[str] = FOR
         for fmt in formats:
             result.paths[f"compare_{fmt}"] = atomic_write_text(name("compare", f".{fmt}"), writers[fmt]())
     if per_category:
-        from odinw_bench.report_categories import category_tables, write_category_tables
+        from odinw_bench.report.categories import category_tables, write_category_tables
 
         result.categories = category_tables(rep)
         result.paths.update(write_category_tables(result.categories, rep, out, formats))
     if plots:
-        from odinw_bench.report_plots import write_plots
+        from odinw_bench.report.plots import write_plots
 
         plot_paths, result.efficiency = write_plots(rep, out)
         result.paths.update(plot_paths)
@@ -152,8 +154,8 @@ def produce(rep: Report, out: str | Path | None, *, formats: Sequence[str] = FOR
 
 def _push(rep: Report, result: ReportOutputs, mode: str, save_dir: str | Path) -> Path | None:
     """Send the leaderboard, comparison, per-category tables and plots to W&B (never raises for W&B errors)."""
-    from odinw_bench.report_categories import category_frame
-    from odinw_bench.report_wandb import push_report
+    from odinw_bench.report.categories import category_frame
+    from odinw_bench.report.wandb_upload import push_report
 
     tables = {"leaderboard": wide_frame(rep), "summary": summary_frame(rep)}
     if result.comparison is not None:

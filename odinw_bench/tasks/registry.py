@@ -1,17 +1,17 @@
 """The task registry: task YAMLs, suites and data roots.
 
 Tasks are data: one flat YAML per task in ``tasks/`` (or ``$ODINW_BENCH_TASKS``), parsed against the
-:class:`~odinw_bench.task_spec.TaskSpec` schema with OmegaConf structured configs, and suites in
+:class:`~odinw_bench.tasks.spec.TaskSpec` schema with OmegaConf structured configs, and suites in
 ``tasks/suites.yaml``. Nothing is read at import time; every call reads the files it needs. Example::
 
-    from odinw_bench.tasks import load_task, resolve_data_root, resolve_tasks
+    from odinw_bench.tasks.registry import load_task, resolve_data_root, resolve_tasks
 
     aquarium = load_task("aquarium")                     # or any task YAML path (a custom COCO task)
     for task, variant in resolve_tasks("odinw35"):       # variant: "odinw_35" where the task defines it
         prompt = task.prompt_for(variant)
     root = resolve_data_root(aquarium, "DATASET/odinw")
 
-Checks of a task against its files live in :mod:`odinw_bench.task_validation`.
+Checks of a task against its files live in :mod:`odinw_bench.data.validation`.
 """
 
 from __future__ import annotations
@@ -31,16 +31,20 @@ from typing import Any
 
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
+from odinw_bench import paths
 from odinw_bench.errors import UserError
-from odinw_bench.task_spec import CaptionPart, CategorySpec, TaskSpec
+from odinw_bench.tasks.spec import CaptionPart, CategorySpec, TaskSpec
 
 logger = logging.getLogger(__name__)
 
 TASKS_DIR_ENV = "ODINW_BENCH_TASKS"
 DATA_ROOT_ENV = "ODINW_ROOT"
-CACHE_ENV = "ODINW_BENCH_CACHE"
 #: GLIP's ``odinw/download.py`` default, relative to the working directory.
 DEFAULT_DATA_ROOT = "DATASET/odinw"
 SUITES_FILE = "suites.yaml"
@@ -63,7 +67,7 @@ class SuiteSpec:
 def tasks_dir() -> Path:
     """The task folder: ``$ODINW_BENCH_TASKS`` if set, else the repository's ``tasks/``."""
     env = os.environ.get(TASKS_DIR_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "tasks"
+    return Path(env) if env else paths.REPO_DIR / "tasks"
 
 
 def list_task_names() -> list[str]:
@@ -304,25 +308,15 @@ def resolve_tasks(spec: str) -> list[tuple[TaskSpec, str | None]]:
     return list(result.values())
 
 
-def cache_dir() -> Path:
-    """odinw_bench's cache: ``$ODINW_BENCH_CACHE`` or ``~/.cache/odinw_bench``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "odinw_bench"
-
-
-def resolve_data_root(task: TaskSpec, data_root: str | Path | None = None, *, prepare: bool = True) -> Path:
-    """Where the task's dataset folder lives.
+def resolve_data_root(task: TaskSpec, data_root: str | Path | None = None) -> Path:
+    """Where the task's dataset folder lives (a path only: nothing is read or generated).
 
     Real tasks: ``data_root`` (the ``--data-root`` flag), else ``$ODINW_ROOT``, else ``DATASET/odinw``.
-    Synthetic tasks: ``data_root`` or ``<cache>/data``; with ``prepare`` their data is generated there if absent.
+    Synthetic tasks: ``data_root`` or ``<cache>/data``. :func:`odinw_bench.data.task_files.prepare_data_root`
+    also generates a synthetic task's data there.
     """
     if task.synthetic:
-        root = Path(data_root).expanduser() if data_root else cache_dir() / "data"
-        if prepare:
-            from odinw_bench.data.synthetic import ensure_demo_data
-
-            ensure_demo_data(root)
-        return root
+        return Path(data_root).expanduser() if data_root else paths.cache_dir() / "data"
     return Path(data_root or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT).expanduser()
 
 

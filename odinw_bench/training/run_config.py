@@ -29,10 +29,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from odinw_bench import paths
 from odinw_bench.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from odinw_bench.regimes import Regime
+    from odinw_bench.training.regimes import Regime
 
 logger = logging.getLogger(__name__)
 
@@ -149,14 +150,14 @@ class RunConfig:
         * ``data.dataset_copies`` None becomes :func:`glip_dataset_copies` of ``shots``.
 
         Args:
-            regime: A :class:`~odinw_bench.regimes.Regime` or its name.
+            regime: A :class:`~odinw_bench.training.regimes.Regime` or its name.
             shots: k, ``0`` (zero-shot) or ``"all"``.
 
         Returns:
             ``{"regime", "shots", "optim", "schedule", "data", "model", "trainer", "wandb"}``, plain data.
         """
         from odinw_bench.data.sampling import parse_shots
-        from odinw_bench.regimes import get_regime
+        from odinw_bench.training.regimes import get_regime
 
         regime = get_regime(regime) if isinstance(regime, str) else regime
         shots = parse_shots(shots)
@@ -179,14 +180,14 @@ def glip_dataset_copies(shots: int | str) -> int:
     """GLIP's ``GENERAL_COPY``: how many times the training set is repeated per epoch.
 
     The README's settings are 8/4/2/1 for 1/3/5/10 shots and 1 for full data; any other k gets 1 (GLIP has no
-    rule for it: set ``data.dataset_copies``). ``odinw_bench.datamodule`` applies the same rule.
+    rule for it: set ``data.dataset_copies``). ``odinw_bench.training.datamodule`` applies the same rule.
     """
     return GLIP_DATASET_COPIES.get(shots, 1) if isinstance(shots, int) else 1
 
 
 def default_config_path() -> Path:
     """The recipe file, ``configs/glip_odinw.yaml`` at the repository root."""
-    return Path(__file__).resolve().parents[1] / "configs" / "glip_odinw.yaml"
+    return paths.REPO_DIR / "configs" / "glip_odinw.yaml"
 
 
 def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:

@@ -5,8 +5,8 @@ not, and why not), and the Markdown / LaTeX files end with a footer pointing at 
 
 Example::
 
-    from odinw_bench import report_formats
-    from odinw_bench.report_grid import build_report
+    from odinw_bench.report import formats as report_formats
+    from odinw_bench.report.grid import build_report
 
     rep = build_report(records, tasks=["aquarium", "pothole"], suite="mine")
     print(report_formats.format_table(rep))
@@ -22,10 +22,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from odinw_bench.report_grid import (
-    PROTOCOL_KEYS, ROW_KEYS, SCALE, Z95, Cell, Report, join_values, protocol_warnings, used_run_ids,
+from odinw_bench.atomic import atomic_write_text
+from odinw_bench.report.grid import (
+    PROTOCOL_KEYS,
+    ROW_KEYS,
+    SCALE,
+    Z95,
+    Cell,
+    Report,
+    join_values,
+    protocol_warnings,
+    used_run_ids,
 )  # fmt: skip
-from odinw_bench.results import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

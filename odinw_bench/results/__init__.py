@@ -1,0 +1,11 @@
+"""Results: run records (the single source of truth), the leaderboard derived from them, and COCO evaluation.
+
+Holds:
+    records: the run-record schema (checked with pydantic), run ids, reading and atomic writing.
+    leaderboard: the CSV leaderboard, one row per run, safe under concurrent writers.
+    provenance: git state, library versions and GPU of a run.
+    evaluation: COCO AP with pycocotools, predictions files.
+
+May import: ``models``, ``data``, ``tasks`` and the base modules; never ``training``, ``runs``, ``report`` or
+the CLI.
+"""

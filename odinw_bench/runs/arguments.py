@@ -1,0 +1,63 @@
+"""The arguments of ``python -m odinw_bench run``: one definition for the CLI, sweeps and sweep workers.
+
+``run`` adds them to its sub-parser; :mod:`odinw_bench.runs.sweep` and :mod:`odinw_bench.runs.launchers` turn a
+cell's argument list into a namespace with :func:`parse_run_args`, so a cell means exactly what ``run`` would.
+Only the standard library is imported here: ``--help`` stays fast. Example::
+
+    from odinw_bench.runs.arguments import parse_run_args
+
+    args = parse_run_args(["--task", "demo", "--shots", "1", "--model", "glip-micro"])
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+
+def _shots(text: str) -> int | str:
+    if text == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shots must be an integer >= 0 or 'all', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"shots must be >= 0, got {value}")
+    return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of one ``run`` (tasks, shots, seeds, regime, model, data, outputs, overrides)."""
+    parser.add_argument("--task", required=True, help="task name, suite (runs each task), or task YAML path")
+    parser.add_argument("--shots", type=_shots, default=1, help="images per category: 0 (zero-shot), 1, 3, 5, 10 "
+                        "or all (default: 1)")
+    parser.add_argument("--seed", type=int, nargs="+", default=[3], help="seed(s) of sampling and training "
+                        "(default: 3; GLIP uses 3 30 300)")
+    parser.add_argument("--regime", default=None, help="zero-shot, linear-probe, prompt, full or language "
+                        "(default: full, or zero-shot when --shots 0)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default=None, help="preset: glip-t (default), glip-t-a/b/c, glip-l, glip-micro")
+    model.add_argument("--checkpoint", default=None, help="local .pth or .safetensors checkpoint")
+    model.add_argument("--config", default=None, help="official GLIP YAML config (instead of --model)")
+    model.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a .pth file")
+    parser.add_argument("--data-root", default=None, help="ODinW folder (default: $ODINW_ROOT or DATASET/odinw)")
+    parser.add_argument("--split", default=None, help="split to report (default: the task's test split)")
+    parser.add_argument("--prompt", default=None, help="prompt variant of the task, e.g. odinw_35")
+    parser.add_argument("--output", default="results", help="results folder (default: results)")
+    parser.add_argument("--recipe", default=None, help="recipe YAML (default: configs/glip_odinw.yaml)")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="GPUs for one run (Lightning DDP; GLIP's batch of 4 stays global)")
+    parser.add_argument("--precision", default=None, help="Lightning precision (default: AMP on GPU, 32 on CPU)")
+    parser.add_argument("--wandb", choices=("off", "offline", "online"), default=None,
+                        help="W&B logging (default: off)")
+    parser.add_argument("--resume", action="store_true", help="resume an interrupted run from its last checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
+
+
+def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the arguments of one ``run`` (without the ``run`` word) as the CLI would."""
+    parser = argparse.ArgumentParser(prog="python -m odinw_bench run")
+    add_run_arguments(parser)
+    return parser.parse_args(list(argv))

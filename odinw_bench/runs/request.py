@@ -1,0 +1,91 @@
+"""What one run is asked to do: a :class:`RunRequest`, built from ``run``'s arguments and checked before anything runs.
+
+``python -m odinw_bench run``, sweeps and sweep workers all go through :func:`requests_from_args`, so a bad task,
+regime, model, prompt, split or override is one error before any weights or data are loaded. Example::
+
+    from odinw_bench.runs.arguments import parse_run_args
+    from odinw_bench.runs.request import requests_from_args
+
+    requests = requests_from_args(parse_run_args(["--task", "demo", "--shots", "1", "--seed", "3", "30"]))
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from odinw_bench.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from odinw_bench.tasks.spec import TaskSpec
+    from odinw_bench.training.regimes import Regime
+    from odinw_bench.training.run_config import RunConfig
+
+DEFAULT_MODEL = "glip-t"
+
+
+@dataclass
+class RunRequest:
+    """Everything one run needs; ``config`` is the recipe with the command-line overrides merged in."""
+
+    task: TaskSpec
+    prompt_variant: str | None
+    shots: int | str
+    seed: int
+    regime: Regime
+    model: str | None
+    checkpoint: Path | None
+    official_config: Path | None
+    trust_checkpoint: bool
+    data_root: Path
+    output: Path
+    split: str
+    config: RunConfig
+    resume: bool = False
+    progress: bool = True
+
+    @property
+    def model_name(self) -> str:
+        return self.model or Path(self.official_config).stem
+
+
+
+def requests_from_args(args: argparse.Namespace) -> list[RunRequest]:
+    """Check every argument before anything runs, and expand tasks × seeds into requests."""
+    from odinw_bench.data.task_files import prepare_data_root
+    from odinw_bench.tasks.registry import resolve_tasks
+    from odinw_bench.training.regimes import get_regime
+    from odinw_bench.training.run_config import load_run_config
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.devices, "trainer.devices"), (args.precision, "trainer.precision"),
+                      (args.wandb, "wandb.mode")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    config = load_run_config(args.recipe, overrides)
+    if args.model and args.config:
+        raise UserError("give --model (a preset) or --config (an official GLIP YAML), not both", field="--config")
+    model = None if args.config else (args.model or DEFAULT_MODEL)
+    regime = get_regime(args.regime or ("zero-shot" if args.shots == 0 else "full"))
+    if args.shots == 0 and regime.fit:
+        raise UserError(f"--shots 0 is zero-shot: regime '{regime.name}' needs training data", field="--regime")
+    requests = []
+    for task, suite_variant in resolve_tasks(args.task):
+        variant = args.prompt or suite_variant
+        if variant not in (None, "default") and variant not in task.prompt_variants:
+            raise UserError(f"task '{task.name}' has no prompt variant '{variant}' "
+                            f"(known: default, {', '.join(task.prompt_variants) or 'none'})", field="--prompt")
+        split = args.split or task.test_split
+        if split not in task.splits:
+            raise UserError(f"task '{task.name}' has no split '{split}'", field="--split")
+        data_root = prepare_data_root(task, args.data_root)
+        for seed in args.seed:
+            requests.append(RunRequest(
+                task=task, prompt_variant=variant, shots=args.shots, seed=seed, regime=regime, model=model,
+                checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+                official_config=Path(args.config) if args.config else None,
+                trust_checkpoint=args.trust_checkpoint, data_root=data_root, output=Path(args.output),
+                split=split, config=config, resume=args.resume, progress=not args.no_progress))
+    return requests

@@ -1,0 +1,12 @@
+"""Training: how a model is tuned on a task under GLIP's ODinW recipe.
+
+Holds:
+    regimes: the regimes as data (zero-shot, linear probe, prompt tuning, full, language) and applying them.
+    run_config: the recipe (``configs/glip_odinw.yaml``) with ``key=value`` overrides, and Trainer settings.
+    optim: GLIP's optimiser rules (bias and language learning rates, weight decay groups).
+    module, datamodule: the LightningModule and the k-shot DataModule.
+    callbacks: GLIP's plateau schedule, early stopping, skipped non-finite steps, RNG state in checkpoints.
+    wandb_logging: the W&B logger of a run (never blocks, never fails a run).
+
+May import: ``results``, ``models``, ``data``, ``tasks`` and the base modules; never ``runs``, ``report`` or the CLI.
+"""
