@@ -168,7 +168,7 @@ def test_no_quirks(tmp_path):
     assert split.stats["n_clipped"] == split.stats["n_degenerate_dropped"] == split.stats["n_images_without_boxes"] == 0
     assert not list((out / "train").glob("*.png"))
     ann_ids = sorted(a["id"] for anns in split.annotations.values() for a in anns)
-    assert ann_ids == list(range(len(ann_ids)))
+    assert ann_ids == list(range(1, len(ann_ids) + 1))  # 1-based: pycocotools never matches a box with id 0
     with pytest.raises(ValueError, match="n_train"):
         write_synthetic_export(tmp_path / "small", n_train=3)
 

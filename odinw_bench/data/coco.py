@@ -11,6 +11,10 @@ Two views of the boxes are kept, because GLIP itself uses two:
 * ``original_annotations``: the file's boxes untouched (only ``area``/``iscrowd`` filled in when absent). GLIP
   evaluates against the annotation file as loaded by pycocotools and its k-shot rule looks at every annotation, so
   :meth:`CocoSplit.to_coco_dict` and :mod:`odinw_bench.data.sampling` use this view.
+
+A box with a negative width or height is malformed (no annotation tool means it) and is an error naming the file
+and ``annotations[i].bbox``, so it reaches neither training nor evaluation. A zero width or height is kept, as GLIP
+keeps it: degenerate, so not trained on, but part of the ground truth that is scored.
 """
 
 from __future__ import annotations
@@ -347,6 +351,9 @@ def _parse_annotations(
         if not _is_box(entry.get("bbox")):
             found = entry.get("bbox")
             message = f"expected [x, y, width, height] numbers, found {found!r}"
+            raise UserError(message, path=path, field=f"annotations[{i}].bbox")
+        if entry["bbox"][2] < 0 or entry["bbox"][3] < 0:
+            message = f"width and height must be >= 0, found {entry['bbox']!r}"
             raise UserError(message, path=path, field=f"annotations[{i}].bbox")
         # pycocotools needs area and iscrowd; Roboflow writes them, hand-made files may not. The dict is ours
         # (fresh from the JSON parser), so it is completed in place rather than copied.

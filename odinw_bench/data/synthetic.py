@@ -14,7 +14,7 @@ Each category has its own shape and colour on a noisy background, so a small det
 apple = red disc, banana = yellow elongated ellipse, cherry = pair of small dark-red discs, lemon = yellow-green
 oval. With ``quirks=True`` the train split also carries the oddities real ODinW exports have: a grayscale PNG, an
 RGBA PNG, a JPEG with an EXIF orientation tag, an image without boxes, a file name with spaces, a box overflowing
-the image, a degenerate box, and non-contiguous annotation ids.
+the image, a degenerate box, and non-contiguous annotation ids (1-based).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from odinw_bench.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-# Bump when the generated files change, so cached demo data is regenerated.
-GENERATOR_VERSION = 1
+# Bump when the generated files change, so cached demo data is regenerated (2: annotation ids start at 1).
+GENERATOR_VERSION = 2
 MARKER_NAME = ".odinw_bench_synthetic.json"
 DEMO_CATEGORIES: tuple[dict, ...] = (
     {"id": 1, "name": "apple", "supercategory": "fruit"},
@@ -180,11 +180,12 @@ def _write_split_images(split_dir, folder, n_images, image_size, categories, qui
             }
         )
         for category_id, bbox in boxes:
-            # Non-contiguous ids (gaps of 0-2), as exports merged or edited in Roboflow have.
+            # Non-contiguous ids (gaps of 0-2), as exports merged or edited in Roboflow have; 1-based, as COCO's
+            # own files are (pycocotools never matches a ground-truth box whose id is 0).
             next_ann_id += 1 + (int(rng.integers(0, 3)) if quirks else 0)
             annotations.append(
                 {
-                    "id": next_ann_id - 1,
+                    "id": next_ann_id,
                     "image_id": index,
                     "category_id": category_id,
                     "bbox": bbox,

@@ -106,14 +106,16 @@ def evaluate_detections(
 
     Args:
         gt: COCO ground-truth dict (``images``, ``annotations``, ``categories``); its category names are the
-            ones reported (pass the task's overridden names). Not modified.
+            ones reported (pass the task's overridden names). Not modified. Its annotation ids may start at 0:
+            they are renumbered 1-based in a private copy (pycocotools never matches a box whose id is 0).
         predictions: COCO results (``image_id``, ``category_id``, ``bbox`` [x, y, w, h], ``score``).
         max_dets: Detections per image and category kept, highest score first (COCO default 100).
         source: File the predictions came from, named in error messages.
 
     Raises:
-        UserError: If a prediction lacks a field or has a bad value (naming its index), or names image or
-            category ids absent from the ground truth.
+        UserError: If a prediction lacks a field or has a bad value (naming its index), names image or
+            category ids absent from the ground truth, or a ground-truth box is malformed (a negative width or
+            height, naming ``annotations[i].bbox``).
     """
     if max_dets < 10:
         raise ValueError(f"max_dets must be at least 10 (pycocotools also reports AR1 and AR10), got {max_dets}")
@@ -142,7 +144,12 @@ def _coco_from_dict(gt: Mapping[str, Any]) -> Any:
     if not gt["images"]:
         raise UserError("ground truth has no images", field="images")
     dataset = copy.deepcopy(dict(gt))
-    for ann in dataset["annotations"]:
+    for index, ann in enumerate(dataset["annotations"]):
+        _check_gt_box(ann, index)
+        # COCOeval records a match as the matched ground truth's id and treats id 0 as "no match", so a box with
+        # id 0 (Roboflow exports and hand-made files start there) could never be a true positive. The ids are
+        # renumbered 1-based in this private copy; nothing else reads them.
+        ann["id"] = index + 1
         # pycocotools reads both; ODinW files have them, hand-made ground truth may not.
         ann.setdefault("iscrowd", 0)
         if "area" not in ann:
@@ -152,6 +159,16 @@ def _coco_from_dict(gt: Mapping[str, Any]) -> Any:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _check_gt_box(ann: Any, index: int) -> None:
+    """A ground-truth box must be 4 finite numbers with a width and height >= 0 (a negative one is malformed)."""
+    where = f"annotations[{index}]"
+    if not isinstance(ann, Mapping):
+        raise UserError("ground-truth annotation must be an object", field=where)
+    problem = _bad_bbox(ann.get("bbox"))
+    if problem:
+        raise UserError(f"ground truth {problem}", field=f"{where}.bbox")
 
 
 def _run_cocoeval(coco_gt: Any, predictions: Sequence[Mapping[str, Any]], max_dets: int) -> Any:
