@@ -183,12 +183,16 @@ def test_to_coco_dict_loads_in_pycocotools_and_subset_recounts(tmp_path):
 # ------------------------------------------------------------------------------------------ load_task_split
 
 
-def test_load_task_split_missing_data_names_download_command(tmp_path):
+def test_load_task_split_missing_data_says_how_to_get_it(tmp_path):
     with pytest.raises(UserError) as err:
         load_task_split(_task(), "train", tmp_path / "nowhere")
-    assert f"python -m odinw_bench download --task tiny --data-root {tmp_path / 'nowhere'}" in str(err.value)
-    with pytest.raises(UserError, match="download --task tiny"):
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'nowhere'}: data root does not exist") and "split 'train'" in message
+    # A custom task without a `download` zip is told where its files go, never to download it.
+    assert "download" not in message.replace("`download` zip", "") and str(tmp_path / "nowhere" / "t") in message
+    with pytest.raises(UserError, match="task folder not found") as err:
         load_task_split(_task(), "train", tmp_path)  # data root exists, task folder does not
+    assert str(err.value).startswith(str(tmp_path / "t"))
     with pytest.raises(UserError, match="no split 'test'"):
         load_task_split(_task(), "test", tmp_path)
 

@@ -1,7 +1,8 @@
 """What one run is asked to do: a :class:`RunRequest`, built from ``run``'s arguments and checked before anything runs.
 
 ``python -m odinw_bench run``, sweeps and sweep workers all go through :func:`requests_from_args`, so a bad task,
-regime, model, prompt, split or override is one error before any weights or data are loaded. Example::
+regime, model, prompt, split or override, or missing data, is one error before any weights or data are
+loaded. Example::
 
     from odinw_bench.runs.arguments import parse_run_args
     from odinw_bench.runs.request import requests_from_args
@@ -54,11 +55,17 @@ class RunRequest:
 
 def requests_from_args(args: argparse.Namespace) -> list[RunRequest]:
     """Check every argument before anything runs, and expand tasks × seeds into requests."""
-    from odinw_bench.data.task_files import prepare_data_root
+    from odinw_bench.data.task_files import prepare_data_root, require_split_files
+    from odinw_bench.models.glip.config import get_preset
     from odinw_bench.tasks.registry import resolve_tasks
     from odinw_bench.training.regimes import get_regime
     from odinw_bench.training.run_config import load_run_config
 
+    if args.model and not args.config:
+        try:  # an unknown name fails here, in milliseconds, not after torch is imported and data is generated
+            get_preset(args.model)
+        except UserError as err:
+            raise UserError(err.message, field="--model") from None
     overrides = list(args.overrides)
     for flag, key in ((args.devices, "trainer.devices"), (args.precision, "trainer.precision"),
                       (args.wandb, "wandb.mode")):
@@ -81,6 +88,8 @@ def requests_from_args(args: argparse.Namespace) -> list[RunRequest]:
         if split not in task.splits:
             raise UserError(f"task '{task.name}' has no split '{split}'", field="--split")
         data_root = prepare_data_root(task, args.data_root)
+        # Before any model is built or downloaded; a zero-shot run reads only the split it scores.
+        require_split_files(task, ["train", task.val_split, split] if regime.fit else [split], data_root)
         for seed in args.seed:
             requests.append(RunRequest(
                 task=task, prompt_variant=variant, shots=args.shots, seed=seed, regime=regime, model=model,
