@@ -516,7 +516,7 @@ def test_validate_catches_damage(damage, tmp_path):
         needle = "malformed JSON at line 2, column 12"
     elif damage == "missing image":
         (folder / "valid" / "img1.png").unlink()
-        needle = "1/2 sampled images found; missing ['img1.png']"
+        needle = "1/2 sampled images decoded; missing ['img1.png']"
     elif damage == "missing image dir":
         task_yaml = task_dict()
         task_yaml["splits"]["val"]["img_dir"] = "valid_images"

@@ -107,6 +107,24 @@ def _print_suites() -> None:
         print(f"  {name}: {len(suite.tasks)} tasks{prompt}" + (f"  ({suite.description})" if suite.description else ""))
 
 
+def _no_data_note(args: argparse.Namespace) -> str:
+    """Why no counts are shown: the data root given does not exist, holds none of these tasks, or none was given."""
+    import os
+    from pathlib import Path
+
+    from odinw_bench.tasks.registry import DATA_ROOT_ENV
+
+    if args.data_root:
+        given, source = args.data_root, "--data-root"
+    else:
+        given, source = os.environ.get(DATA_ROOT_ENV), f"${DATA_ROOT_ENV}"
+    if not given:
+        return f"no data found; pass --data-root DIR or set ${DATA_ROOT_ENV} to show image and box counts"
+    if not Path(given).expanduser().is_dir():
+        return f"{source} {given} does not exist: no image and box counts; fetch data with `download`"
+    return f"none of these tasks has data under {given}; fetch it with `download`"
+
+
 def run(args: argparse.Namespace) -> int:
     """List the tasks; return 0."""
     entries = _entries(args)
@@ -116,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_table(entries)
     if not any(e["data_present"] for e in entries):
-        print("\n(no data found; pass --data-root DIR or set $ODINW_ROOT to show image and box counts)")
+        print("\n(" + _no_data_note(args) + ")")
     if not args.suite:
         _print_suites()
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "check a task's data: folders, annotation JSONs, categories, images, few-shot files and prompts"
+HELP = "check a task's data: folders, annotation JSONs, categories, boxes, images, few-shot files and prompts"
 
 EPILOG = """\
 examples:
@@ -14,7 +14,9 @@ examples:
   python -m odinw_bench validate --task path/to/my_task.yaml --data-root data   # a custom COCO task
   python -m odinw_bench validate --task demo                                    # generates the demo data if absent
 
-exit status: 0 when every check passes (warnings allowed), 2 otherwise.
+Lines marked i are information: quirks of the data (images without boxes, annotations without iscrowd,
+grayscale or RGBA images, boxes under 4 px, boxes touching or crossing the border) that are handled as GLIP does.
+exit status: 0 when every check passes (warnings and information allowed), 2 otherwise.
 """
 
 
@@ -36,17 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=25,
         metavar="N",
-        help="images per split to look for on disk, spread over the split (0: all; default 25)",
+        help="images per split to decode, spread over the split (0: all; default 25)",
     )
 
 
-def _marks() -> tuple[str, str, str]:
-    """Pass / fail / warning marks, in ASCII where stdout cannot encode the symbols."""
+def _marks() -> tuple[str, str, str, str]:
+    """Pass / fail / warning / information marks, in ASCII where stdout cannot encode the symbols."""
     try:
         "✓✗⚠".encode(sys.stdout.encoding or "ascii")
-        return "✓", "✗", "⚠"
+        return "✓", "✗", "⚠", "i"
     except (UnicodeEncodeError, LookupError):
-        return "OK", "FAIL", "WARN"
+        return "OK", "FAIL", "WARN", "INFO"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,13 +60,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.images < 0:
         raise UserError("must be >= 0", field="--images")
-    passed, failed, warned = _marks()
+    passed, failed, warned, info = _marks()
     failures = []
     for task, _ in resolve_tasks(args.task):
         report = validate_task(task, prepare_data_root(task, args.data_root), max_images=args.images)
         print(f"{task.name} ({task.display_name}), data root {report.data_root}")
         for check in report.checks:
-            mark = passed if check.ok else (warned if check.warning else failed)
+            mark = info if check.info else passed if check.ok else (warned if check.warning else failed)
             print(f"  {mark} {check.name}" + (f": {check.detail}" if check.detail else ""))
         failures += [(task.name, check) for check in report.failures]
     if failures:

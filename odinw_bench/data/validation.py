@@ -1,4 +1,6 @@
-"""Checks of a task against its files on disk: folders, annotation JSONs, categories, few-shot files, prompts.
+"""Checks of a task against its files on disk: folders, annotation JSONs, categories, boxes, images, few-shot files,
+prompts; and information lines on the quirks found (images without boxes, missing ``iscrowd``, grayscale or RGBA
+images, tiny boxes, boxes touching or crossing the border), which odinw_bench handles as GLIP does.
 
 Used by ``python -m odinw_bench validate`` and ``tasks --data-root``. Example::
 
@@ -13,16 +15,27 @@ Used by ``python -m odinw_bench validate`` and ``tasks --data-root``. Example::
 from __future__ import annotations
 
 import logging
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odinw_bench.data.coco import read_json, resolve_ann_file
+from odinw_bench.data.coco import MIN_BOX_SIDE, read_json, resolve_ann_file
+from odinw_bench.data.images import CorruptImageError
+from odinw_bench.data.task_files import how_to_get_data
 from odinw_bench.errors import UserError
-from odinw_bench.tasks.registry import DATA_ROOT_ENV, FEWSHOT_SEEDS, FEWSHOT_SHOTS
+from odinw_bench.tasks.registry import FEWSHOT_SEEDS, FEWSHOT_SHOTS
 from odinw_bench.tasks.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
+
+# Boxes with a side under this many pixels are listed as tiny (an information line, not an error).
+TINY_BOX_SIDE = 4
+_EXIF_ORIENTATION = 0x0112
+_TURNING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_MODE_NAMES = {"1": "1-bit", "L": "grayscale", "LA": "grayscale with alpha", "P": "palette", "PA": "palette with alpha",
+               "RGBA": "RGBA", "CMYK": "CMYK", "I;16": "16-bit grayscale", "I": "32-bit grayscale", "F": "float"}
 
 
 def read_coco(path: str | Path) -> tuple[list, list, list]:
@@ -62,12 +75,17 @@ def split_counts(task: TaskSpec, data_root: str | Path) -> dict[str, dict[str, A
 
 @dataclass
 class Check:
-    """One validation check: ``ok`` is its outcome; a failed ``warning`` does not fail the task."""
+    """One validation check: ``ok`` is its outcome; a failed ``warning`` does not fail the task.
+
+    An ``info`` check is not a test: it reports a quirk of the data that odinw_bench handles as GLIP does (images
+    without boxes, grayscale images, boxes crossing the border...), and is always ``ok``.
+    """
 
     name: str
     ok: bool
     detail: str = ""
     warning: bool = False
+    info: bool = False
 
 
 @dataclass
@@ -82,6 +100,10 @@ class ValidationReport:
         """Record a check and return its outcome."""
         self.checks.append(Check(name, bool(ok), detail, warning))
         return bool(ok)
+
+    def note(self, name: str, detail: str) -> None:
+        """Record an information line (a quirk of the data, not a failure)."""
+        self.checks.append(Check(name, True, detail, info=True))
 
     @property
     def failures(self) -> list[Check]:
@@ -133,10 +155,7 @@ def diff_categories(task: TaskSpec, json_categories: list[dict[str, Any]]) -> Ca
 
 
 def _not_found(task: TaskSpec, folder: Path, data_root: Path) -> str:
-    if task.download:
-        command = f"python -m odinw_bench download --task {task.name} --data-root {data_root}"
-        return f"{folder} not found; fetch it with: {command}"
-    return f"{folder} not found; check --data-root (or ${DATA_ROOT_ENV})"
+    return f"{folder} not found; {how_to_get_data(task, data_root)}"
 
 
 def _validate_split(task: TaskSpec, split: str, data_root: Path, report: ValidationReport, max_images: int) -> None:
@@ -158,13 +177,102 @@ def _validate_split(task: TaskSpec, split: str, data_root: Path, report: Validat
         report.add(f"{split}: category names", False, detail, warning=True)
     stray = sorted({a.get("category_id") for a in annotations} - set(task.category_ids), key=str)
     report.add(f"{split}: box categories", not stray, f"boxes use unknown category ids {stray}" if stray else "")
+    _check_boxes(split, ann_file, images, annotations, report)
     if not report.add(f"{split}: image folder", img_dir.is_dir(), str(img_dir)):
         return
     step = max(1, len(images) // max_images) if max_images > 0 else 1
     sample = images[::step][:max_images] if max_images > 0 else images
-    absent = [str(im.get("file_name")) for im in sample if not (img_dir / str(im.get("file_name"))).is_file()]
-    detail = f"{len(sample) - len(absent)}/{len(sample)} sampled images found"
-    report.add(f"{split}: images", not absent, detail + (f"; missing {absent[:3]}" if absent else ""))
+    _check_images(split, img_dir, sample, report)
+
+
+def _is_xywh(bbox: Any) -> bool:
+    return (isinstance(bbox, list) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox))
+
+
+def _check_boxes(split: str, ann_file: Path, images: list, annotations: list, report: ValidationReport) -> None:
+    """Fail on a malformed box (as reading the split would); note images without boxes and odd boxes."""
+    sizes = {im.get("id"): (im.get("width"), im.get("height")) for im in images}
+    counts = dict.fromkeys(("no_iscrowd", "tiny", "degenerate", "touching", "crossing"), 0)
+    with_boxes, bad = set(), None
+    for i, ann in enumerate(annotations):
+        counts["no_iscrowd"] += "iscrowd" not in ann
+        bbox = ann.get("bbox")
+        if not _is_xywh(bbox) or bbox[2] < 0 or bbox[3] < 0:
+            bad = bad or UserError(f"expected [x, y, width, height] with width and height >= 0, found {bbox!r}",
+                                   path=ann_file, field=f"annotations[{i}].bbox")
+            continue
+        with_boxes.add(ann.get("image_id"))
+        x, y, w, h = bbox
+        counts["tiny"] += min(w, h) < TINY_BOX_SIDE
+        counts["degenerate"] += min(w, h) <= MIN_BOX_SIDE
+        width, height = sizes.get(ann.get("image_id"), (None, None))
+        if isinstance(width, (int, float)) and isinstance(height, (int, float)):
+            inside = x >= 0 and y >= 0 and x + w <= width and y + h <= height
+            counts["crossing"] += not inside
+            counts["touching"] += inside and (x == 0 or y == 0 or x + w == width or y + h == height)
+    report.add(f"{split}: boxes", bad is None, str(bad) if bad else f"{len(annotations)} boxes well formed")
+    empty = sum(1 for im in images if im.get("id") not in with_boxes)
+    if empty:
+        report.note(f"{split}: images without boxes",
+                    f"{empty} of {len(images)} (not trained on, as in GLIP; still scored)")
+    if counts["no_iscrowd"]:
+        report.note(f"{split}: iscrowd", f"{counts['no_iscrowd']} of {len(annotations)} annotations lack 'iscrowd' "
+                    "(read as 0)")
+    if counts["tiny"]:
+        report.note(f"{split}: tiny boxes", f"{counts['tiny']} with a side under {TINY_BOX_SIDE} px "
+                    f"({counts['degenerate']} of them <= {MIN_BOX_SIDE:g} px: not trained on, as in GLIP)")
+    if counts["touching"] or counts["crossing"]:
+        report.note(f"{split}: border boxes", f"{counts['crossing']} crossing the image border (clipped for "
+                    f"training, scored as in the file), {counts['touching']} touching it")
+
+
+def _decode(path: Path) -> tuple[str, set[tuple[int, int]]]:
+    """The image's PIL mode and its possible sizes (stored, and as displayed after its EXIF orientation).
+
+    Raises:
+        CorruptImageError: If the file cannot be decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode every pixel: a truncated file fails here
+            turned = image.getexif().get(_EXIF_ORIENTATION) in _TURNING_ORIENTATIONS
+            width, height = image.size
+            return image.mode, {(width, height), (height, width) if turned else (width, height)}
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise CorruptImageError(f"cannot decode the image ({err})", path=path) from None
+
+
+def _check_images(split: str, img_dir: Path, sample: list, report: ValidationReport) -> None:
+    """Decode the sampled images: missing or unreadable ones fail; odd modes and sizes are reported."""
+    absent, unreadable, resized, modes = [], [], [], Counter()
+    for image in sample:
+        name = str(image.get("file_name"))
+        path = img_dir / name
+        if not path.is_file():
+            absent.append(name)
+            continue
+        try:
+            mode, sizes = _decode(path)
+        except CorruptImageError:
+            unreadable.append(name)
+            continue
+        modes[mode] += 1
+        if (image.get("width"), image.get("height")) not in sizes:
+            resized.append(name)
+    decoded = len(sample) - len(absent) - len(unreadable)
+    detail = f"{decoded}/{len(sample)} sampled images decoded"
+    detail += (f"; missing {absent[:3]}" if absent else "") + (f"; unreadable {unreadable[:3]}" if unreadable else "")
+    report.add(f"{split}: images", not absent and not unreadable, detail)
+    odd = [f"{n} {_MODE_NAMES.get(mode, mode)}" for mode, n in sorted(modes.items()) if mode != "RGB"]
+    if odd:
+        report.note(f"{split}: image modes", f"{', '.join(odd)} of {decoded} decoded (read as RGB, alpha dropped, "
+                    "as GLIP does)")
+    if resized:
+        detail = f"{len(resized)} decoded images differ in size from the annotation file: {resized[:3]}"
+        report.add(f"{split}: image sizes", False, detail, warning=True)
 
 
 def _validate_fewshot(task: TaskSpec, data_root: Path, report: ValidationReport) -> None:
@@ -191,12 +299,12 @@ def _validate_prompts(task: TaskSpec, report: ValidationReport) -> None:
 
 
 def validate_task(task: TaskSpec, data_root: str | Path, *, max_images: int = 25) -> ValidationReport:
-    """Check a task against its files: folders, annotation JSONs, categories, images, few-shot files, prompts.
+    """Check a task against its files: folders, annotation JSONs, categories, boxes, images, few-shot files, prompts.
 
     Args:
         task: The task.
         data_root: The data root (see :func:`resolve_data_root`).
-        max_images: How many images per split to look for on disk (evenly spread); 0 checks all.
+        max_images: How many images per split to decode (evenly spread); 0 decodes all.
 
     Returns:
         The report; missing folders are failed checks whose detail says how to fetch the data.
