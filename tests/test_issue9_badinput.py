@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from odinw_bench.cli import main
 from odinw_bench.errors import UserError
@@ -35,6 +36,63 @@ def _error_line(capsys) -> str:
 
 def _written_json(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.json")) if folder.exists() else []
+
+
+# ----------------------------------------------------------------------------- item 8: unreadable checkpoints
+
+
+def _micro_state() -> dict[str, torch.Tensor]:
+    from odinw_bench.models.glip.backend import GLIPBackend
+
+    torch.manual_seed(0)
+    return {k: v.clone() for k, v in GLIPBackend.from_preset("glip-micro").model.state_dict().items()}
+
+
+def _zero_shot_with(checkpoint: Path, out: Path, data_root: str) -> list[str]:
+    return ["run", "--task", "demo", "--shots", "0", "--model", "glip-micro", "--checkpoint", str(checkpoint),
+            "--data-root", data_root, "--output", str(out), "--no-progress"]
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _truncated_small_zip(path: Path) -> None:
+    torch.save({"model": {"w": torch.zeros(100, 100)}}, path)
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(OSError):  # the case this covers: torch's zip reader fails with an OSError, not RuntimeError
+        torch.load(path, weights_only=True, mmap=True)
+
+
+def _truncated_in_half(path: Path) -> None:
+    torch.save({"model": _micro_state()}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("make", [_empty, _truncated_small_zip, _truncated_in_half])
+def test_unreadable_checkpoint_is_one_line_naming_the_file(tmp_path, data_root, capsys, make):
+    checkpoint = tmp_path / "weights.pth"
+    make(checkpoint)
+    out = tmp_path / "out"
+    assert main(_zero_shot_with(checkpoint, out, data_root)) == 2
+    line = _error_line(capsys)
+    assert str(checkpoint) in line and "cannot read checkpoint" in line
+    assert _written_json(out) == []  # refused before the run started: no failed record
+
+
+def test_checkpoint_of_wrong_shapes_names_the_file_the_key_and_both_shapes(tmp_path, data_root, capsys):
+    state = _micro_state()
+    key = "rpn.head.bbox_pred.weight"
+    model_shape = tuple(state[key].shape)
+    state[key] = torch.zeros(model_shape[0] + 1, *model_shape[1:])
+    checkpoint = tmp_path / "misshapen.pth"
+    torch.save({"model": state}, checkpoint)
+    out = tmp_path / "out"
+    assert main(_zero_shot_with(checkpoint, out, data_root)) == 2
+    line = _error_line(capsys)
+    assert str(checkpoint) in line
+    assert f"{key} checkpoint {tuple(state[key].shape)} vs model {model_shape}" in line
+    assert _written_json(out) == []
 
 
 # ------------------------------------------------------------------------------- item 8: argparse refusals
