@@ -6,13 +6,16 @@ empty, truncated and misshapen ``.pth`` checkpoints; argparse refusals (``--shot
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from odinw_bench.cli import main
 from odinw_bench.errors import UserError
@@ -36,6 +39,58 @@ def _error_line(capsys) -> str:
 
 def _written_json(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.json")) if folder.exists() else []
+
+
+# ------------------------------------------------------------------------ item 7: a task's download name is no path
+
+
+def _task_yaml(folder: Path, download: str) -> Path:
+    """A copy of the Aquarium task under another name, with ``download`` replaced."""
+    spec = yaml.safe_load((REPO_ROOT / "tasks" / "aquarium.yaml").read_text(encoding="utf-8"))
+    spec.update(name="hostile", download=download)
+    path = folder / "tasks" / "hostile.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("download", ["./../escaped", "../escaped", "/odinw_bench_escaped", "sub/escaped",
+                                      "Aquarium.zip", ".."])
+def test_download_name_that_is_a_path_is_refused_at_load(tmp_path, capsys, download):
+    download = download.replace("escaped", f"escaped_{uuid.uuid4().hex[:8]}")
+    task = _task_yaml(tmp_path, download)
+    root = tmp_path / "data" / "odinw"
+    # A closed local port: a download attempt fails fast and never reaches the network.
+    argv = ["download", "--task", str(task), "--data-root", str(root), "--keep-zip", "--base-url", "http://127.0.0.1:9"]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert str(task) in line and "field 'download'" in line
+    escaped = [p for p in tmp_path.rglob("*escaped*")] + list(Path("/").glob("odinw_bench_escaped*"))
+    assert escaped == []
+    assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_real_download_names_are_accepted():
+    from odinw_bench.tasks.registry import list_task_names, load_task
+
+    names = {load_task(name).download for name in list_task_names()} - {""}
+    assert "Aquarium" in names and len(names) > 20
+
+
+@pytest.mark.parametrize("download", ["../escaped", "/odinw_bench_escaped", "./../escaped", "a/../../escaped"])
+def test_download_never_writes_outside_the_data_root(tmp_path, download):
+    """A task built in code skips the YAML check: the downloader itself keeps every file in the data root."""
+    from odinw_bench.data.download import download_tasks
+    from odinw_bench.tasks.registry import load_task
+
+    download = download.replace("escaped", f"escaped_{uuid.uuid4().hex[:8]}")
+    task = dataclasses.replace(load_task("aquarium"), download=download)
+    root = tmp_path / "data" / "odinw"
+    with pytest.raises(UserError, match="not a file name inside the data root") as info:
+        download_tasks([task], root, base_url="http://127.0.0.1:9", keep_zip=True, progress=False)
+    assert info.value.field == "download"
+    escaped = [p for p in tmp_path.rglob("*escaped*")] + list(Path("/").glob("odinw_bench_escaped*"))
+    assert escaped == []
 
 
 # ----------------------------------------------------------------------------- item 8: unreadable checkpoints
