@@ -41,6 +41,65 @@ def _written_json(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.json")) if folder.exists() else []
 
 
+# ----------------------------------------------------------------------------------- item 6: resume unpickles no code
+
+
+class _CreatesMarker:
+    """Unpickling this object calls ``open(marker, "w")``: the file appears only if the pickle ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def _run_argv(out: Path, data_root: str, *extra: str) -> list[str]:
+    return ["run", "--task", "demo", "--shots", "1", "--model", "glip-micro", "--regime", "linear-probe",
+            "--data-root", data_root, "--output", str(out), "--no-progress", *extra, *FAST]
+
+
+def test_resume_never_runs_code_from_last_ckpt(tmp_path, data_root, capsys, monkeypatch):
+    from odinw_bench.runs.arguments import parse_run_args
+    from odinw_bench.runs.identity import run_identity
+    from odinw_bench.runs.request import requests_from_args
+
+    argv = _run_argv(tmp_path / "out", data_root, "--resume")
+    (request,) = requests_from_args(parse_run_args(argv[1:]))
+    last = tmp_path / "out" / "checkpoints" / run_identity(request).run_id / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "payload": _CreatesMarker(marker)}, last)
+    # The variable that makes torch.load unpickle anything whose caller leaves weights_only unset.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert not marker.exists(), "resuming ran code from the checkpoint"
+    assert str(last) in line and "open, and loading that would run code" in line
+    # Refused before the run could write anything: no record, no row.
+    assert _written_json(tmp_path / "out" / "runs") == []
+    assert not (tmp_path / "out" / "leaderboard.csv").exists()
+
+
+def test_rng_state_of_a_checkpoint_loads_with_weights_only(tmp_path):
+    """The callback state saved in every ``last.ckpt`` must load under weights_only, or no run could resume."""
+    import random
+
+    import numpy as np
+
+    from odinw_bench.training.callbacks import RngStateCheckpoint
+
+    callback = RngStateCheckpoint()
+    state = callback.state_dict()
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    torch.save({"callbacks": {"RngStateCheckpoint": state}}, tmp_path / "rng.ckpt")
+    loaded = torch.load(tmp_path / "rng.ckpt", weights_only=True)["callbacks"]["RngStateCheckpoint"]
+    callback.load_state_dict(loaded)
+    assert (random.random(), np.random.rand()) == expected[:2]
+    assert torch.equal(torch.rand(1), expected[2])
+
+
 # ------------------------------------------------------------------------ item 7: a task's download name is no path
 
 
