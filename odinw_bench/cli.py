@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from odinw_bench import __version__
 from odinw_bench.errors import UserError
+from odinw_bench.runs.arguments import OneLineErrorParser
 
 # Order shown in --help. Plain data: the modules are imported when the parser is built, never at package import.
 COMMANDS: tuple[str, ...] = ("run", "sweep", "tasks", "validate", "download", "evaluate", "report", "demo")
@@ -35,8 +36,8 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with one sub-parser per command."""
-    parser = argparse.ArgumentParser(
+    """Build the top-level parser with one sub-parser per command (all of them report errors in one line)."""
+    parser = OneLineErrorParser(
         prog="python -m odinw_bench",
         description="Few-shot and prompt-tuning benchmark for grounded detectors (GLIP) on ODinW.",
         epilog=EPILOG,
@@ -56,8 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(cmd)
-        cmd.set_defaults(_run=module.run)
+        cmd.set_defaults(_run=module.run, _parser=cmd)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parse_args``, except that an unrecognized argument points at the command's ``--help``, not the top one."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,7 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         The process exit code: 0 on success, 2 for a :class:`UserError` (bad input), 1 otherwise.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = _parse(parser, argv)
+    except UserError as err:  # argparse's refusal, one line (OneLineErrorParser)
+        print(f"error: {err}", file=sys.stderr)
+        return UserError.exit_code
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

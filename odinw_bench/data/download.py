@@ -140,10 +140,10 @@ def _download_zip(name, tasks, data_root: Path, url, keep_zip, force, sha256, pr
     if not force and all(layout.ok for layout in layouts):
         logger.info("%s: already present in %s", name, data_root)
         return DownloadResult(name, url, "present", layouts)
-    zip_path = data_root / f"{name}.zip"
+    zip_path = under_root(data_root, f"{name}.zip")
     from filelock import FileLock
 
-    with FileLock(data_root / f".{name}.zip.lock"):  # two processes fetching one zip would corrupt the .part
+    with FileLock(under_root(data_root, f".{name}.zip.lock")):  # two processes fetching one zip would corrupt the .part
         if force or not zip_path.exists():
             fetch(url, zip_path, expected_sha256=sha256, force=force, progress=progress)
             action = "downloaded"
@@ -160,6 +160,23 @@ def _download_zip(name, tasks, data_root: Path, url, keep_zip, force, sha256, pr
         if not keep_zip:
             zip_path.unlink()
     return DownloadResult(name, url, action, [check_layout(t, data_root) for t in tasks])
+
+
+def under_root(data_root: str | Path, name: str) -> Path:
+    """``<data_root>/<name>`` for a file the download writes, refused unless it lies directly in the data root.
+
+    Task loading already refuses zip names that are paths; this keeps a task built in code (or a future field)
+    from writing a zip, its ``.part`` or its lock anywhere else (``../x``, ``/x``).
+
+    Raises:
+        UserError: If the path leaves the data root.
+    """
+    root = Path(data_root).resolve()
+    path = Path(os.path.normpath(root / name))  # lexical: '..' and absolute names are caught, symlinks kept
+    if path.parent != root:
+        raise UserError(f"refusing to write {name!r}: it is not a file name inside the data root {root}",
+                        field="download")
+    return path
 
 
 def fetch(

@@ -13,6 +13,25 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import NoReturn
+
+from odinw_bench.errors import UserError
+
+
+class UsageError(UserError):
+    """A command line that argparse refuses (unknown option, bad value, missing argument)."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, not argparse's usage block followed by the message.
+
+    It raises :class:`UsageError` (``<message> (see: <prog> --help)``), which the CLI prints as ``error: ...`` with
+    exit code 2 like any bad input, and which a sweep worker records as the cell's error instead of exiting.
+    Sub-parsers made by ``add_subparsers`` are of the same class, so every command behaves alike.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
 def _shots(text: str) -> int | str:
@@ -57,7 +76,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_run_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse the arguments of one ``run`` (without the ``run`` word) as the CLI would."""
-    parser = argparse.ArgumentParser(prog="python -m odinw_bench run")
+    """Parse the arguments of one ``run`` (without the ``run`` word) as the CLI would.
+
+    Raises:
+        UsageError: Arguments ``run`` would refuse, as one line.
+    """
+    parser = OneLineErrorParser(prog="python -m odinw_bench run")
     add_run_arguments(parser)
     return parser.parse_args(list(argv))

@@ -125,6 +125,9 @@ def _per_device_batch(batch_size: int, devices: Any) -> int:
 
 def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
     """Train with Lightning under GLIP's recipe and load the best-val weights back into ``backend``."""
+    import pickle
+    import re
+
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -145,18 +148,26 @@ def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
     trainer = pl.Trainer(**trainer_kwargs(resolved), callbacks=[*glip, last, RngStateCheckpoint()],
                          logger=wb_logger if wb_logger is not None else False, default_root_dir=str(ckpt_dir),
                          enable_progress_bar=req.progress, enable_model_summary=False, num_sanity_val_steps=0)
-    resume_from = ckpt_dir / "last.ckpt"
-    if req.resume and not resume_from.is_file():
+    resume_from = ckpt_dir / "last.ckpt" if req.resume else None
+    if resume_from is not None and not resume_from.is_file():
         logger.warning("no checkpoint to resume from at %s; starting from the beginning", resume_from)
+        resume_from = None
     try:
         with warnings.catch_warnings():
             for message in _EXPECTED_LIGHTNING_WARNINGS:
                 warnings.filterwarnings("ignore", message=message)
-            trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if req.resume and resume_from.is_file()
-                        else None)
+            # Explicit weights_only: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 then cannot make a resume run pickled code.
+            trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
     except torch.cuda.OutOfMemoryError as err:
         raise UserError("out of GPU memory: lower data.batch_size (global batch) or use trainer.precision=16-mixed;"
                         " more --devices split the batch", field="data.batch_size") from err
+    except pickle.UnpicklingError as err:  # only the resume unpickles during fit
+        if resume_from is None:
+            raise
+        needed = re.search(r"GLOBAL (\S+)", str(err))
+        why = f"it holds {needed.group(1)}, and loading that would run code" if needed else "it is not readable"
+        raise UserError(f"cannot resume from this checkpoint: {why}; delete it to start the run over",
+                        path=resume_from) from None
     best = glip[1]
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]

@@ -53,6 +53,9 @@ FEWSHOT_SHOTS = (1, 3, 5, 10)
 FEWSHOT_SEEDS = (3, 30, 300)
 # Names end up in file names, comma lists and results; keep them to one safe token.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: A zip name becomes ``<data_root>/<name>.zip`` and a URL: letters, digits, '_' and '-' only (the ODinW zips are
+#: alphanumeric), so it can never be a path that leaves the data root.
+DOWNLOAD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 @dataclass
@@ -157,6 +160,9 @@ def _check_task(task: TaskSpec, path: Path) -> None:
         fail(f"{task.name!r} is not a valid task name (letters, digits, '_', '-', '.')", "name")
     if task.name != path.stem:
         fail(f"{task.name!r} must equal the file name stem {path.stem!r}", "name")
+    if task.download and not DOWNLOAD_NAME_RE.match(task.download):
+        fail(f"{task.download!r} is not a zip name (letters, digits, '_' and '-', without '.zip'; e.g. 'Aquarium')",
+             "download")
     if not task.categories:
         fail("a task needs at least one category", "categories")
     for attr in ("id", "name"):

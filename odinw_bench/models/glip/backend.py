@@ -84,7 +84,7 @@ class GLIPBackend(nn.Module, DetectorBackend):
 
         if "rpn.tunable_linear.weight" in state:  # a prompt-tuned checkpoint: GLIP built with ADD_LINEAR_LAYER
             self.enable_prompt_tuning()
-        report = load_glip_state_dict(self.model, state, strict=strict)
+        report = load_glip_state_dict(self.model, state, strict=strict, source=source)
         self.checkpoint = str(source)
         return report
 

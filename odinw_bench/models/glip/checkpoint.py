@@ -130,17 +130,31 @@ def _torch_load(path: Path, trust: bool) -> Any:
         ) from None
 
 
+# What torch.load raises for a file that is empty, truncated or not a checkpoint at all (an unpickling error is
+# handled by the caller, which tells a file needing trust from a corrupt one).
+_UNREADABLE = (RuntimeError, EOFError, OSError, ValueError)
+
+
 def _torch_load_mmap(torch: Any, path: Path, weights_only: bool) -> Any:
     """Memory-map zip-format files (a 3.7 GB GLIP file then costs little RAM); fall back for the legacy format."""
+    if path.stat().st_size == 0:
+        raise UserError("cannot read checkpoint: the file is empty", path=path)
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-    except RuntimeError as err:
+    except _UNREADABLE as err:
         if "mmap can only be used" not in str(err):
-            raise UserError(f"cannot read checkpoint: {str(err).splitlines()[0]}", path=path) from None
+            raise _unreadable(err, path) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except (RuntimeError, EOFError, OSError) as err:
-        raise UserError(f"cannot read checkpoint: {str(err).splitlines()[0]}", path=path) from None
+    except _UNREADABLE as err:
+        raise _unreadable(err, path) from None
+
+
+def _unreadable(err: BaseException, path: Path) -> UserError:
+    """One line for a file torch cannot read; torch's own messages run over several lines or are empty."""
+    lines = str(err).strip().splitlines()
+    detail = lines[0] if lines else type(err).__name__
+    return UserError(f"cannot read checkpoint (truncated or not a torch.save file?): {detail}", path=path)
 
 
 def _as_state_dict(state: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -180,16 +194,16 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.shape_mismatched)
 
     def problems(self) -> str:
-        """One line per kind of problem, each listing (a truncated number of) key names."""
-        lines = []
-        if self.missing:
-            lines.append(f"missing from the checkpoint ({len(self.missing)}): {_listing(self.missing)}")
-        if self.unexpected:
-            lines.append(f"not in the model ({len(self.unexpected)}): {_listing(self.unexpected)}")
+        """One line: each kind of problem with (a truncated number of) key names, shape mismatches first."""
+        parts = []
         if self.shape_mismatched:
-            items = [f"{k} {tuple(c)} vs model {tuple(m)}" for k, (c, m) in self.shape_mismatched.items()]
-            lines.append(f"shape mismatch ({len(items)}): {_listing(items)}")
-        return "\n".join(lines)
+            items = [f"{k} checkpoint {tuple(c)} vs model {tuple(m)}" for k, (c, m) in self.shape_mismatched.items()]
+            parts.append(f"shape mismatch ({len(items)}): {_listing(items)}")
+        if self.missing:
+            parts.append(f"missing from the checkpoint ({len(self.missing)}): {_listing(self.missing)}")
+        if self.unexpected:
+            parts.append(f"not in the model ({len(self.unexpected)}): {_listing(self.unexpected)}")
+        return "; ".join(parts)
 
 
 def _listing(items: Any) -> str:
@@ -233,7 +247,7 @@ def match_keys(model_keys: list[str], ckpt_keys: list[str]) -> dict[str, str]:
 
 
 def load_glip_state_dict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True, source: str | Path | None = None
 ) -> LoadReport:
     """Load official GLIP weights into ``model``, tolerating only what the official loader leaves at init.
 
@@ -245,6 +259,7 @@ def load_glip_state_dict(
         model: The port (or any module with official parameter names).
         state_dict: Weights, e.g. from :func:`read_checkpoint`; ``module.`` is stripped if all keys have it.
         strict: Raise on anything else missing, unexpected or mismatched (else log a warning and load the rest).
+        source: The file the weights were read from, named in the error.
 
     Returns:
         A :class:`LoadReport`.
@@ -256,7 +271,7 @@ def load_glip_state_dict(
     model_state = model.state_dict()
     report = LoadReport()
     merged = _merge_matched(model_state, state_dict, report)
-    _finish_load(model, merged, report, strict)
+    _finish_load(model, merged, report, strict, source)
     return report
 
 
@@ -296,11 +311,11 @@ def _merge_matched(model_state: dict, state_dict: Mapping, report: LoadReport) -
     return merged
 
 
-def _finish_load(model: nn.Module, merged: dict, report: LoadReport, strict: bool) -> None:
+def _finish_load(model: nn.Module, merged: dict, report: LoadReport, strict: bool, source: str | Path | None) -> None:
     if not report.ok:
         if strict:
-            raise UserError("checkpoint does not fit the model:\n" + report.problems(), field="checkpoint")
-        logger.warning("Checkpoint loaded partially; left at init:\n%s", report.problems())
+            raise UserError(f"checkpoint does not fit the model: {report.problems()}", path=source)
+        logger.warning("Checkpoint %s loaded partially; left at init: %s", source or "", report.problems())
     for key, reason in sorted(report.ignored.items()):
         logger.info("Left at init: %s (%s)", key, reason)
     if report.suffix_matched:
