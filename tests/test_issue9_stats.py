@@ -62,3 +62,96 @@ def test_ci95_uses_students_t_with_n_minus_1_degrees_of_freedom(tmp_path):
     for key in ("markdown", "latex"):
         footer = written[key].read_text().rstrip().splitlines()[-6:]
         assert any("Student's t" in line for line in footer), key
+
+
+# ---- Item 12: zero-shot is one result, not one per seed ----
+
+ZERO = ("glip-t", "zero-shot", "0")
+FULL = ("glip-t", "full", "1")
+
+
+def _full_and_zero_shot(zero_shot_records):
+    full = [record(t, "full", 1, s, 0.5) for t in ("alpha", "beta") for s in SEEDS]
+    return full + zero_shot_records
+
+
+def test_zero_shot_row_has_one_run_per_task_and_reads_without_plus_minus():
+    records = _full_and_zero_shot([record("alpha", "zero-shot", 0, 3, 0.20, run_id="zs-alpha"),
+                                   record("beta", "zero-shot", 0, 3, 0.40, run_id="zs-beta")])  # fmt: skip
+    rep = grid.build_report(records, tasks=["alpha", "beta"], suite="duo", seeds=list(SEEDS))
+    assert not rep.problems  # one zero-shot record is complete, though the other rows have 3 seeds
+    cell = rep.cells[(ZERO, "alpha")]
+    assert cell.status == "ok" and cell.mean == pytest.approx(20.0) and math.isnan(cell.std)
+    assert math.isnan(rep.suite_stats[ZERO]["std"]) and rep.suite_stats[ZERO]["mean"] == pytest.approx(30.0)
+    _, body = formats.display_rows(rep)
+    zero_row = next(r for r in body if r[1] == "zero-shot")
+    assert zero_row[3:] == ["20.0", "40.0", "30.0"] and not any("±" in c for c in zero_row)
+    assert any("±" in c for c in next(r for r in body if r[1] == "full")[3:])
+    assert "zero-shot rows: one evaluation" in formats.format_table(rep)
+
+
+def test_older_per_seed_zero_shot_records_still_read_as_one_result():
+    # Older harness versions ran zero-shot once per seed (three run ids); a newer run adds a seedless one under
+    # seed 3, and one run may be recorded under two seeds. None of this is refused, and none shows a fake ± 0.0.
+    older = [record(t, "zero-shot", 0, s, ap) for t, ap in (("alpha", 0.2), ("beta", 0.4)) for s in SEEDS]
+    newer = [record("alpha", "zero-shot", 0, s, 0.2, run_id="zs-new") for s in (3, 30)]
+    rep = grid.build_report(_full_and_zero_shot(older + newer), tasks=["alpha", "beta"])
+    cell = rep.cells[(ZERO, "alpha")]
+    assert cell.mean == pytest.approx(20.0) and math.isnan(cell.std) and math.isnan(cell.ci95)
+    assert sorted(cell.run_ids) == sorted(["zs-new", *(f"glip-t-alpha-zero-shot-k0-s{s}-test" for s in SEEDS)])
+    assert not rep.problems and not any("differ" in n for n in rep.notes)
+    assert formats.display_rows(rep)[1][0][3] == "20.0"
+
+
+def test_zero_shot_runs_that_disagree_are_averaged_and_named_in_the_notes():
+    records = [record("alpha", "zero-shot", 0, s, ap) for s, ap in zip(SEEDS, (0.20, 0.20, 0.23))]
+    rep = grid.build_report(records, tasks=["alpha"])
+    assert rep.cells[(ZERO, "alpha")].mean == pytest.approx(21.0)
+    (note,) = [n for n in rep.notes if "differ" in n]
+    assert "glip-t zero-shot 0-shot | alpha" in note and "3.00 AP points" in note
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from odinw_bench.data.synthetic import ensure_demo_data
+
+    root = tmp_path_factory.mktemp("data")
+    ensure_demo_data(root)
+    return root
+
+
+def _plan(out, data_root, *extra):
+    from odinw_bench.cli import build_parser
+    from odinw_bench.commands.sweep import grid_spec
+    from odinw_bench.runs.sweep import plan_sweep
+
+    argv = ["sweep", "--models", "glip-micro", "--data-root", str(data_root), "--output", str(out), "--tasks",
+            "demo", *extra]  # fmt: skip
+    return plan_sweep(grid_spec(build_parser().parse_args(argv)))
+
+
+def test_sweep_plans_one_zero_shot_cell_whatever_the_seeds(tmp_path, data_root):
+    from odinw_bench.results.records import make_record, write_record
+    from odinw_bench.runs.sweep import classify
+
+    cells = _plan(tmp_path, data_root, "--shots", "0,1", "--seeds", "3,30,300", "--regimes", "full")
+    zero = [c for c in cells if c.regime == "zero-shot"]
+    assert len(zero) == 1 and zero[0].seed == 3
+    assert sorted(c.seed for c in cells if c.regime == "full") == [3, 30, 300]
+    # The zero-shot run id does not depend on the seed: planning with other seeds names the same run ...
+    (other,) = [c for c in _plan(tmp_path, data_root, "--shots", "0", "--seeds", "30")]
+    assert other.run_id == zero[0].run_id and other.seed == 30
+    # ... so a zero-shot record written under seed 30 makes the seed-3 cell done: it is not run again.
+    sample = {"sampler": "none", "train_ids": [], "train_ids_hash": None, "train_count": 0, "val_ids": None,
+              "val_ids_hash": None, "val_count": None, "shortfall": {}}  # fmt: skip
+    rec = make_record(run_id=other.run_id, task={"name": "demo", "version": 1, "sha256": None, "display_name": "D"},
+                      split="val", prompt={"variant": "default", "captions": []}, shots=0, seed=30,
+                      regime="zero-shot", sample=sample, model={"name": "glip-micro", "checkpoint": None,
+                      "checkpoint_sha256": None}, config={}, metrics={"AP": 0.1})  # fmt: skip
+    write_record(other.record_path, rec)
+    classify(cells)
+    assert zero[0].state == "done" and not zero[0].record_path.exists()
+    assert {c.state for c in cells if c.regime == "full"} == {"left"}
+    # Training runs keep one id per seed.
+    full_ids = {c.run_id for c in cells if c.regime == "full"}
+    assert len(full_ids) == 3

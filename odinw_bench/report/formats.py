@@ -46,6 +46,8 @@ def header_lines(rep: Report) -> list[str]:
     """The statistics behind the numbers, printed above every table."""
     return [
         f"metric: {rep.metric} x {SCALE:g}; cell = mean ± sample std (ddof=1) over seeds (one seed: mean alone)",
+        "zero-shot rows: one evaluation per task, model, checkpoint, split and prompt (the seed changes nothing): "
+        "no ±",
         f"{CI_LEVEL:.0%} CI half-width (CSV) = t·std/√n, t = Student's t quantile with n-1 degrees of freedom "
         "(scipy.stats.t; 4.30 for 3 seeds)",
         f"{rep.suite} = unweighted mean of the {len(rep.tasks)} task means; its ± is the std over seeds of the "

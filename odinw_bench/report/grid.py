@@ -7,6 +7,10 @@ Statistics (stated in every table header):
 - Per cell: n seeds, mean, sample std (``ddof=1``; NaN for n = 1, shown as the mean alone), and the 95%
   confidence half-width ``t(0.975, n - 1) * std / sqrt(n)`` with Student's t quantile (``scipy.stats.t``): with
   3 seeds t = 4.30, where the normal approximation's 1.96 would give an interval 2.2x too narrow.
+- Zero-shot rows (regime ``zero-shot``): an evaluation without training does not depend on the seed, so a cell
+  needs one run, whatever seeds the other rows have. Runs of one zero-shot cell (several seeds of older records,
+  or one run recorded under several seeds) are one result: their mean is shown without ± (std and CI NaN), and a
+  note says so if their values differ.
 - Suite average = unweighted mean of the task means (as GLIP/ODinW). Its std is the std over seeds of the
   per-seed suite means, defined when every task has the same seeds (NaN otherwise); its CI uses the same rule.
 - Values are the chosen metric × 100 (AP points), except in the per-run CSV, which keeps record values.
@@ -42,7 +46,10 @@ ROW_KEYS = ("model", "regime", "shots")
 # Runs of one cell must agree on these; different values are never averaged together.
 PROTOCOL_KEYS = ("task_version", "split", "prompt", "checkpoint_sha256")
 GROUP_KEYS = (*ROW_KEYS, "task", *PROTOCOL_KEYS)
-_REGIME_ORDER = ("zero-shot", "linear-probe", "prompt", "language", "full")
+ZERO_SHOT = "zero-shot"
+_REGIME_ORDER = (ZERO_SHOT, "linear-probe", "prompt", "language", "full")
+# Zero-shot runs of one cell whose values differ by more than this (AP points) are named in the notes.
+_ZERO_SHOT_SPREAD = 1e-6
 
 
 @dataclass
@@ -191,13 +198,33 @@ def _fill_grid(rep: Report, seeds: Sequence[int] | None) -> None:
     rep.rows = sorted(by_row, key=row_order)
     for row in rep.rows:
         in_row = by_row[row]
-        expected = tuple(sorted(seeds)) if seeds else tuple(sorted(int(s) for s in in_row["seed"].unique()))
+        zero_shot = is_zero_shot(row)
+        if zero_shot:
+            expected: tuple[int, ...] = ()  # one run is the whole result; the seed changes nothing
+        else:
+            expected = tuple(sorted(seeds)) if seeds else tuple(sorted(int(s) for s in in_row["seed"].unique()))
         for task in rep.tasks:
-            cell, problem = _make_cell(in_row[in_row["task"] == task], expected)
+            task_runs = in_row[in_row["task"] == task]
+            cell, problem = _make_cell(task_runs, expected, zero_shot=zero_shot)
             rep.cells[(row, task)] = cell
             if problem:
                 rep.problems.append(f"{row_label(row)} | {task}: {problem}")
-        rep.suite_stats[row] = _suite_stats([rep.cells[(row, t)] for t in rep.tasks])
+            spread = _spread(task_runs, cell) if zero_shot else 0.0
+            if spread > _ZERO_SHOT_SPREAD:
+                rep.notes.append(f"{row_label(row)} | {task}: its {len(cell.run_ids)} zero-shot runs differ by up "
+                                 f"to {spread:.2f} AP points; the table shows their mean")
+        rep.suite_stats[row] = _suite_stats([rep.cells[(row, t)] for t in rep.tasks], zero_shot=zero_shot)
+
+
+def is_zero_shot(row: tuple) -> bool:
+    """Whether a (model, regime, shots) row is zero-shot: one result per cell, no spread over seeds."""
+    return row[1] == ZERO_SHOT
+
+
+def _spread(task_runs, cell: Cell) -> float:
+    """Largest difference (AP points) between the runs behind a cell."""
+    values = task_runs.loc[task_runs["run_id"].isin(cell.run_ids), "value"] * SCALE
+    return float(values.max() - values.min()) if len(values) else 0.0
 
 
 def _select_runs(runs, tasks, prompts, notes: list[str]):
@@ -220,8 +247,11 @@ def _select_runs(runs, tasks, prompts, notes: list[str]):
 
 
 def _refuse_duplicates(runs) -> None:
-    """One seed of one cell must come from one run: two would be counted twice in the mean."""
-    ok = runs[runs["status"] == "ok"]
+    """One seed of one cell must come from one run: two would be counted twice in the mean.
+
+    Zero-shot cells are exempt: their runs are one result whatever their seeds (see :func:`_make_cell`).
+    """
+    ok = runs[(runs["status"] == "ok") & (runs["regime"] != ZERO_SHOT)]
     dup = ok[ok.duplicated([*GROUP_KEYS, "seed"], keep=False)]
     if dup.empty:
         return
@@ -234,8 +264,11 @@ def _refuse_duplicates(runs) -> None:
     )
 
 
-def _make_cell(task_runs, expected: tuple[int, ...]) -> tuple[Cell, str | None]:
-    """Statistics of one cell and, if it is incomplete or mixed, a description of the problem."""
+def _make_cell(task_runs, expected: tuple[int, ...], *, zero_shot: bool = False) -> tuple[Cell, str | None]:
+    """Statistics of one cell and, if it is incomplete or mixed, a description of the problem.
+
+    A zero-shot cell keeps one run per run id (a run recorded under several seeds counts once) and has no std.
+    """
     ok = task_runs[(task_runs["status"] == "ok") & task_runs["value"].notna()]
     failed = sorted(int(s) for s in task_runs.loc[task_runs["status"] != "ok", "seed"])
     failed_text = f" (failed: seeds {_join(failed)})" if failed else ""
@@ -246,8 +279,14 @@ def _make_cell(task_runs, expected: tuple[int, ...]) -> tuple[Cell, str | None]:
         differing = [k for k in PROTOCOL_KEYS if protocols[k].nunique() > 1]
         desc = "; ".join(f"{k} {' / '.join(map(str, sorted(protocols[k].unique(), key=str)))}" for k in differing)
         return Cell("mixed"), f"runs differ in {desc}; not merged"
-    values = {int(s): float(v) * SCALE for s, v in zip(ok["seed"], ok["value"])}
-    cell = _seed_stats(values)
+    if zero_shot:
+        ok = ok.drop_duplicates("run_id")
+        values = {int(s): float(v) * SCALE for s, v in zip(ok["seed"], ok["value"])}
+        mean = sum(float(v) * SCALE for v in ok["value"]) / len(ok)
+        cell = Cell("ok", mean, math.nan, math.nan, tuple(sorted(values)), values)
+    else:
+        values = {int(s): float(v) * SCALE for s, v in zip(ok["seed"], ok["value"])}
+        cell = _seed_stats(values)
     cell.protocol = {k: protocols.iloc[0][k] for k in PROTOCOL_KEYS}
     cell.run_ids = tuple(ok["run_id"])
     missing = sorted(set(expected) - set(values))
@@ -281,14 +320,17 @@ def _seed_stats(values: Mapping[int, float]) -> Cell:
     return Cell("ok", mean, std, ci_half_width(std, n), tuple(sorted(values)), dict(values))
 
 
-def _suite_stats(cells: list[Cell]) -> dict[str, Any]:
-    """Suite average over the usable cells of one row (see module docstring)."""
+def _suite_stats(cells: list[Cell], *, zero_shot: bool = False) -> dict[str, Any]:
+    """Suite average over the usable cells of one row (see module docstring); no std for zero-shot."""
     used = [c for c in cells if c.status in ("ok", "partial")]
     stats = {"mean": math.nan, "std": math.nan, "ci95": math.nan, "n_tasks": len(used), "n_seeds": 0}
     stats["partial"] = len(used) < len(cells) or any(c.status != "ok" for c in cells)
     if not used:
         return stats
     stats["mean"] = sum(c.mean for c in used) / len(used)
+    if zero_shot:
+        stats["n_seeds"] = 1  # one evaluation per task
+        return stats
     seed_sets = {c.seeds for c in used}
     if len(seed_sets) == 1:
         seeds = next(iter(seed_sets))
