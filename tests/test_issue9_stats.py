@@ -155,3 +155,31 @@ def test_sweep_plans_one_zero_shot_cell_whatever_the_seeds(tmp_path, data_root):
     # Training runs keep one id per seed.
     full_ids = {c.run_id for c in cells if c.regime == "full"}
     assert len(full_ids) == 3
+
+
+# ---- Item 13: zero-shot runs score the task's zero_shot_split unless --split says otherwise ----
+
+
+def _split_of(data_root, *argv):
+    from odinw_bench.runs.arguments import parse_run_args
+    from odinw_bench.runs.request import requests_from_args
+
+    args = parse_run_args(["--model", "glip-micro", "--data-root", str(data_root), *argv])
+    return {req.split for req in requests_from_args(args)}
+
+
+def test_zero_shot_split_comes_from_the_task_and_split_overrides_it(tmp_path, data_root):
+    from pathlib import Path
+
+    assert _split_of(data_root, "--task", "demo", "--shots", "0") == {"val"}  # demo.yaml: zero_shot_split: val
+    assert _split_of(data_root, "--task", "demo", "--shots", "0", "--split", "test") == {"test"}
+    assert _split_of(data_root, "--task", "demo", "--shots", "1") == {"test"}  # fine-tuning reports test_split
+    assert _split_of(data_root, "--task", "demo", "--shots", "1", "--split", "val") == {"val"}
+    # The field is read, not a fixed 'val': a task whose zero_shot_split is its train split scores train.
+    text = (Path(__file__).parents[1] / "tasks" / "demo.yaml").read_text()
+    assert "zero_shot_split: val" in text
+    custom = tmp_path / "demo_zs.yaml"
+    custom.write_text(text.replace("name: demo", "name: demo_zs").replace("zero_shot_split: val",
+                                                                          "zero_shot_split: train"))
+    assert _split_of(data_root, "--task", str(custom), "--shots", "0") == {"train"}
+
