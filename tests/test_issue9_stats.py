@@ -183,3 +183,134 @@ def test_zero_shot_split_comes_from_the_task_and_split_overrides_it(tmp_path, da
                                                                           "zero_shot_split: train"))
     assert _split_of(data_root, "--task", str(custom), "--shots", "0") == {"train"}
 
+
+
+# ---- Item 14: the GLIP paper's few-shot numbers, and the comparison of every regime and shot count ----
+
+PAPER_FILE = "glip_paper_odinw13.csv"
+PAPER_MODELS = ("GLIP-T(A)", "GLIP-T(B)", "GLIP-T(C)", "GLIP-T", "GLIP-L")
+TRAINED = ("full", "prompt", "linear-probe")
+SHOT_COUNTS = ("1", "3", "5", "10", "all")
+
+
+def _odinw13():
+    from odinw_bench.tasks.registry import load_suites
+
+    return list(load_suites()["odinw13"].tasks)
+
+
+def _paper():
+    from odinw_bench.report import published
+
+    return [r for r in published.load_references() if r.file == PAPER_FILE]
+
+
+def test_paper_tables_are_complete_and_their_averages_match_their_per_dataset_values():
+    refs, tasks = _paper(), _odinw13()
+    by_key = {}
+    for ref in refs:
+        key = (ref.model, ref.task, ref.regime, ref.shots)
+        assert key not in by_key, key
+        by_key[key] = ref
+    # Averages: zero-shot (Table 14) and the 3 regimes x 5 shot counts (Tables 11-13) for every GLIP model.
+    for model in PAPER_MODELS:
+        assert (model, "odinw13", "zero-shot", "0") in by_key
+        assert all((model, "odinw13", r, s) in by_key for r in TRAINED for s in SHOT_COUNTS)
+    # Per dataset: zero-shot for every model (Table 14); every regime and shot count for GLIP-T, GLIP-L (Table 15).
+    groups = {(m, "zero-shot", "0") for m in PAPER_MODELS}
+    groups |= {(m, r, s) for m in ("GLIP-T", "GLIP-L") for r in TRAINED for s in SHOT_COUNTS}
+    for model, regime, shots in groups:
+        values = [by_key[(model, t, regime, shots)].ap * 100 for t in tasks]
+        average = by_key[(model, "odinw13", regime, shots)].ap * 100
+        # The paper rounds to 0.1: its average and the mean of 13 rounded values each err by at most 0.05.
+        assert abs(sum(values) / len(values) - average) <= 0.1 + 1e-9, (model, regime, shots)
+    assert len(refs) == len(by_key) == 5 * 14 + 5 * 3 * 5 + 2 * 3 * 5 * 13
+    # The paper's std over 3 seeds is there for 1-10 shots, and absent for zero-shot and full data.
+    assert all(math.isnan(r.std) == (r.shots in ("0", "all")) for r in refs)
+    # Spot checks against the paper's tables (docs/published_numbers.md section 1).
+    assert (by_key[("GLIP-T", "odinw13", "full", "1")].ap, by_key[("GLIP-T", "odinw13", "full", "1")].std) == (
+        pytest.approx(0.511), pytest.approx(0.001))  # Table 11: 51.1 ± 0.1
+    assert by_key[("GLIP-L", "odinw13", "prompt", "all")].ap == pytest.approx(0.679)  # Table 13: 67.9
+    assert by_key[("GLIP-T(B)", "odinw13", "linear-probe", "5")].ap == pytest.approx(0.440)  # Table 12: 44.0 ± 0.2
+    assert by_key[("GLIP-T", "egohands", "zero-shot", "0")].ap == pytest.approx(0.500)  # Table 14: 50.0
+    mushrooms = by_key[("GLIP-L", "north_america_mushrooms", "full", "1")]  # Table 15: 69.8 ± 18.0
+    assert (mushrooms.ap, mushrooms.std) == (pytest.approx(0.698), pytest.approx(0.180))
+
+
+def test_paper_references_state_their_protocol():
+    from odinw_bench.report import published
+
+    refs, flags = _paper(), published.load_protocol_flags()
+    assert {r.regime for r in refs} == {"zero-shot", "full", "prompt", "linear-probe"}
+    assert all(code in flags for r in refs for code in r.protocol)
+    assert all("manual_prompts" in r.protocol and r.prompt == "glip_manual" for r in refs)
+    assert all(("at_least_x_per_category" in r.protocol) == (r.shots not in ("0", "all")) for r in refs)
+    assert all("pascal_voc_on_val" in r.protocol for r in refs if r.task in ("pascal_voc", "odinw13"))
+    assert all(("paper_glip_t_is_cap4m" in r.protocol) == (r.model == "GLIP-T") for r in refs)
+    # Fine-tuned numbers are test AP; zero-shot ones are on GLIP's zero-shot split (val, minival for two tasks).
+    assert {r.split for r in refs if r.regime != "zero-shot"} == {"test"}
+    zero = {r.task: r.split for r in refs if r.regime == "zero-shot"}
+    assert zero["egohands"] == zero["vehicles"] == "minival" and zero["aquarium"] == "val"
+    assert zero["odinw13"] == "minival+val"
+
+
+def _odinw13_records(regime, shots, seeds, ap, *, model="glip-t"):
+    from odinw_bench.tasks.registry import load_task
+
+    out = []
+    for task in _odinw13():
+        split = load_task(task).zero_shot_split if regime == "zero-shot" else "test"
+        out += [record(task, regime, shots, s, ap, model=model, split=split) for s in seeds]
+    return out
+
+
+def test_compare_covers_every_regime_and_shot_count_with_protocol_flags():
+    from odinw_bench.report import build, published
+
+    records = _odinw13_records("zero-shot", 0, (3,), 0.40) + _odinw13_records("full", 1, SEEDS, 0.50)
+    records += _odinw13_records("prompt", 5, SEEDS, 0.55) + _odinw13_records("linear-probe", "all", SEEDS, 0.60)
+    rep = grid.build_report(records, tasks=_odinw13(), suite="odinw13")
+    frame = published.compare(rep, published.load_references())
+    paper = frame[frame["source"].str.startswith("GLIP paper")]
+    # 13 tasks + the average, for each of our 4 rows.
+    counts = paper.groupby(["regime", "shots"]).size().to_dict()
+    assert counts == {("full", "1"): 14, ("linear-probe", "all"): 14, ("prompt", "5"): 14, ("zero-shot", "0"): 14}
+    refs = {(r.task, r.regime, r.shots): r for r in _paper() if r.model == "GLIP-T"}
+    for _, line in paper.iterrows():
+        task = next((t for t in _odinw13() if rep.display[t] == line["column"]), "odinw13")
+        ref = refs[(task, line["regime"], line["shots"])]
+        assert line["reference"] == pytest.approx(ref.ap * 100) and line["ref_model"] == "GLIP-T"
+        assert line["delta"] == pytest.approx(line["ours"] - ref.ap * 100)
+        assert line["protocol"] == ";".join(ref.protocol)
+        # Same split as the paper everywhere (zero-shot on val/minival, the others on test); its prompts differ.
+        assert line["check"] == "prompt differs (ours default, reference glip_manual)"
+    suite_full = paper[(paper["regime"] == "full") & (paper["column"] == "odinw13")].iloc[0]
+    assert suite_full["reference_std"] == pytest.approx(refs[("odinw13", "full", "1")].std * 100)
+    assert math.isnan(paper[paper["regime"] == "zero-shot"].iloc[0]["ours_std"])
+
+    text = build.comparison_text(frame)
+    flags = published.load_protocol_flags()
+    for code in ("manual_prompts", "at_least_x_per_category", "pascal_voc_on_val", "paper_glip_t_is_cap4m"):
+        assert flags[code] in text
+    full_line = next(line for line in text.splitlines() if line.startswith("glip-t") and " full " in line
+                     and " odinw13 " in line and "GLIP paper" not in line)  # fmt: skip
+    assert "51.1 ± 0.1" in full_line and "-1.1" in full_line  # ours 50.0 vs Table 11's 51.1 ± 0.1
+    md = build.comparison_text(frame, "md")
+    assert "| glip-t | prompt | 5 |" in md and "(a) " in md
+
+
+@pytest.mark.parametrize(("row", "field"), [
+    ("GLIP-T,pothole,fine-tune,1,0.3,,test,x,src,,", "row 1.regime"),
+    ("GLIP-T,pothole,full,0,0.3,,test,x,src,,", "row 1.shots"),
+    ("GLIP-T,pothole,zero-shot,5,0.3,,val,x,src,,", "row 1.shots"),
+    ("GLIP-T,pothole,full,1,0.3,1.5,test,x,src,,", "row 1.std"),
+])  # fmt: skip
+def test_bad_regime_shots_or_std_in_a_reference_file_names_the_field(tmp_path, row, field):
+    from odinw_bench.errors import UserError
+    from odinw_bench.report import published
+
+    path = tmp_path / "refs.csv"
+    path.write_text("model,task,regime,shots,AP,std,split,prompt,source,protocol,note\n" + row + "\n")
+    with pytest.raises(UserError) as info:
+        published.load_references([path])
+    assert info.value.field == field and "refs.csv" in str(info.value)

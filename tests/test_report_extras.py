@@ -153,9 +153,17 @@ def test_rows_evaluated_on_different_splits_are_flagged():
     records += [record("sea_life", "zero-shot", 0, s, 0.1, split="val") for s in SEEDS]
     records += [record("pothole", "zero-shot", 0, s, 0.2) for s in SEEDS]
     text = formats.format_table(grid.build_report(records, tasks=TASKS))
+    # Zero-shot on val next to fine-tuning on test is GLIP's protocol: said once, for the columns concerned.
+    flag = next(line for line in text.splitlines() if line.startswith("zero-shot rows are scored on"))
+    assert "on val, the trained rows on test, in columns Sea_life & co (" in flag and "Pothole" not in flag
+    assert "MIXED PROTOCOL" not in text
+    # Any other difference (here: two trained rows on different splits) is flagged per column.
+    records += [record("sea_life", "prompt", 3, s, 0.3, split="val") for s in SEEDS]
+    records += [record("pothole", "prompt", 3, s, 0.3) for s in SEEDS]
+    text = formats.format_table(grid.build_report(records, tasks=TASKS))
     flag = next(line for line in text.splitlines() if line.startswith("MIXED PROTOCOL"))
     assert "column Sea_life & co" in flag and "split=test" in flag and "split=val" in flag
-    assert "glip_t zero-shot 0-shot" in flag and "Pothole" not in flag
+    assert "glip_t prompt 3-shot" in flag and "Pothole" not in flag
 
 
 # ---- Plots ----
@@ -233,13 +241,14 @@ def test_shipped_published_numbers_load_with_sources():
     assert refs and all(r.source and r.split and r.prompt for r in refs)
     assert all(0.0 <= r.ap <= 1.0 for r in refs)
     odinw13 = set(load_suites()["odinw13"].tasks)
+    mmdet = [r for r in refs if r.file == "mmdet_odinw13_zero_shot.csv"]
     for model in ("GLIP-T(A)", "GLIP-T(B)", "GLIP-T(C)"):
-        per_task = {r.task: r.ap for r in refs if r.model == model and r.task != "odinw13"}
+        per_task = {r.task: r.ap for r in mmdet if r.model == model and r.task != "odinw13"}
         assert set(per_task) == odinw13
-        mmdet_mean = [r.ap for r in refs if r.model == model and r.task == "odinw13" and r.split == "val"]
+        mmdet_mean = [r.ap for r in mmdet if r.model == model and r.task == "odinw13"]
         # The published average is consistent with the 13 per-task values (3-decimal rounding).
         assert mmdet_mean and abs(sum(per_task.values()) / 13 - mmdet_mean[0]) <= 0.0006
-    tb = {r.task: r.ap for r in refs if r.model == "GLIP-T(B)"}
+    tb = {r.task: r.ap for r in mmdet if r.model == "GLIP-T(B)"}
     assert tb["egohands"] == pytest.approx(0.003)  # mmdet column, not the misaligned "official" 0.540
     readme = {r.model: r for r in refs if r.split == "unstated"}
     assert {m: round(r.ap * 100, 1) for m, r in readme.items()} == {
@@ -270,13 +279,20 @@ def zero_shot_glip_t_c(split="test"):
             for task, vals in values.items() for s, v in zip(SEEDS, vals)]  # fmt: skip
 
 
+def _line(frame, regime, column, source):
+    (line,) = [r for _, r in frame.iterrows()
+               if (r["regime"], r["column"]) == (regime, column) and r["source"].startswith(source)]  # fmt: skip
+    return line
+
+
 def test_comparison_delta_is_ours_minus_reference_and_flags_the_split():
     records = zero_shot_glip_t_c() + [record("pothole", "full", 1, s, 0.5, model="glip-t-c") for s in SEEDS]
     records += [record("raccoon", "full", 1, s, 0.5, model="glip-t-c") for s in SEEDS]
     rep = grid.build_report(records, tasks=["pothole", "raccoon"], suite="duo")
     frame = published.compare(rep, published.load_references(), suite_tasks={"odinw13": ["pothole", "raccoon"]})
-    assert set(frame["regime"]) == {"zero-shot"}  # fine-tuned rows have no published counterpart
-    by_column = {(r["column"], r["ref_split"]): r for _, r in frame.iterrows()}
+    assert set(frame["regime"]) == {"zero-shot", "full"}
+    by_column = {(r["column"], r["ref_split"]): r for _, r in frame.iterrows() if r["source"].startswith("open")}
+    by_column[("duo", "unstated")] = _line(frame, "zero-shot", "duo", "microsoft/GLIP")
     pothole = by_column[("Pothole", "val")]  # mmdet GLIP-T(C) pothole 0.058 -> 5.8
     assert pothole["ours"] == pytest.approx(6.0) and pothole["reference"] == pytest.approx(5.8)
     assert pothole["delta"] == pytest.approx(6.0 - 5.8)
@@ -287,14 +303,18 @@ def test_comparison_delta_is_ours_minus_reference_and_flags_the_split():
     assert suite_mmdet["delta"] == pytest.approx(18.0 - 39.2) and suite_readme["delta"] == pytest.approx(18.0 - 44.4)
     assert "reference split unstated" in suite_readme["check"] and "reference prompt unstated" in suite_readme["check"]
     text = report.comparison_text(frame)
-    assert "+0.2" in text and "split differs (ours test, reference val)" in text and "[1] open-mmlab" in text
+    assert "+0.2" in text and "split differs (ours test, reference val)" in text and "] open-mmlab" in text
 
 
 def test_comparison_on_the_reference_split_and_prompt_is_not_flagged():
     rep = grid.build_report(zero_shot_glip_t_c(split="val"), tasks=["pothole", "raccoon"])
     frame = published.compare(rep, published.load_references(), suite_tasks={})
-    assert list(frame["column"]) == ["Pothole", "Raccoon"]  # no suite reference: our columns are not odinw13
-    assert set(frame["check"]) == {"same split and prompt"}
+    mmdet = frame[frame["source"].str.startswith("open-mmlab")]
+    assert list(mmdet["column"]) == ["Pothole", "Raccoon"]  # no suite reference: our columns are not odinw13
+    assert set(mmdet["check"]) == {"same split and prompt"}
+    paper = frame[frame["source"].str.startswith("GLIP paper")]  # same split, but the paper's manual prompts
+    assert list(paper["column"]) == ["Pothole", "Raccoon"]
+    assert set(paper["check"]) == {"prompt differs (ours default, reference glip_manual)"}
 
 
 def test_models_without_published_numbers_are_not_compared():
@@ -315,7 +335,7 @@ def test_cli_writes_every_requested_output(tmp_path, capsys):
     assert code == 0
     row = next(line for line in stdout.splitlines() if line.startswith("glip-t-c"))
     assert row.split()[3:] == ["6.0", "30.0", "18.0"]  # zero-shot: no ±
-    assert "published zero-shot numbers" in stdout and "+0.2" in stdout
+    assert "published numbers" in stdout and "+0.2" in stdout
     for name in ("board.csv", "board.md", "board.tex", "board_sources.txt", "board_compare.csv", "board_compare.md",
                  "board_compare.tex", "board_efficiency.png", "board_efficiency_tasks.png"):  # fmt: skip
         assert (tmp_path / name).is_file(), name

@@ -24,10 +24,10 @@ from typing import Any
 
 from odinw_bench.atomic import atomic_write_text
 from odinw_bench.report.grid import (
+    CI_LEVEL,
     PROTOCOL_KEYS,
     ROW_KEYS,
     SCALE,
-    CI_LEVEL,
     Cell,
     Report,
     join_values,

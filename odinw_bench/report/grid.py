@@ -47,7 +47,7 @@ ROW_KEYS = ("model", "regime", "shots")
 PROTOCOL_KEYS = ("task_version", "split", "prompt", "checkpoint_sha256")
 GROUP_KEYS = (*ROW_KEYS, "task", *PROTOCOL_KEYS)
 ZERO_SHOT = "zero-shot"
-_REGIME_ORDER = (ZERO_SHOT, "linear-probe", "prompt", "language", "full")
+REGIME_ORDER = (ZERO_SHOT, "linear-probe", "prompt", "language", "full")
 # Zero-shot runs of one cell whose values differ by more than this (AP points) are named in the notes.
 _ZERO_SHOT_SPREAD = 1e-6
 
@@ -347,7 +347,7 @@ def _join(items: Iterable[Any]) -> str:
 def row_order(row: tuple) -> tuple:
     """Sort key of a (model, regime, shots) row: model, regimes in protocol order, shots numerically then 'all'."""
     model, regime, shots = row
-    regime_rank = _REGIME_ORDER.index(regime) if regime in _REGIME_ORDER else len(_REGIME_ORDER)
+    regime_rank = REGIME_ORDER.index(regime) if regime in REGIME_ORDER else len(REGIME_ORDER)
     shots_rank = (0, int(shots), "") if str(shots).isdigit() else (1, 0, str(shots))
     return (model, regime_rank, regime, shots_rank)
 
@@ -374,18 +374,45 @@ def protocol_warnings(rep: Report) -> list[str]:
     """Tasks whose rows were evaluated under different task versions, splits or prompts.
 
     A cell never mixes protocols (see :func:`build_report`), but two rows of one column may: e.g. zero-shot on
-    ``val`` next to fine-tuning on ``test``. Such numbers sit side by side yet are not comparable, so say so.
+    ``val`` next to fine-tuning on ``test``. Such numbers sit side by side yet are not comparable, so say so. The
+    one expected difference, GLIP's (zero-shot rows on the task's zero-shot split, trained rows on another),
+    is said once for all the columns it concerns; any other difference gets a ``MIXED PROTOCOL`` line per column.
     """
-    warnings = []
+    warnings, zero_shot_split_only = [], []
     for task in rep.tasks:
-        by_protocol: dict[tuple, list[str]] = {}
+        by_protocol: dict[tuple, list[tuple]] = {}
         for row in rep.rows:
             cell = rep.cells[(row, task)]
             if cell.protocol:
                 key = tuple(cell.protocol[k] for k in ("task_version", "split", "prompt"))
-                by_protocol.setdefault(key, []).append(row_label(row))
-        if len(by_protocol) > 1:
-            parts = [f"v{v} split={s} prompt={p} ({'; '.join(rows)})" for (v, s, p), rows in sorted(
-                by_protocol.items(), key=lambda kv: tuple(map(str, kv[0])))]  # fmt: skip
-            warnings.append(f"MIXED PROTOCOL in column {rep.display[task]}: " + " vs ".join(parts))
+                by_protocol.setdefault(key, []).append(row)
+        if len(by_protocol) <= 1:
+            continue
+        if _zero_shot_split_only(by_protocol):
+            zero_shot_split_only.append(task)
+            continue
+        parts = [f"v{v} split={s} prompt={p} ({'; '.join(map(row_label, rows))})" for (v, s, p), rows in sorted(
+            by_protocol.items(), key=lambda kv: tuple(map(str, kv[0])))]  # fmt: skip
+        warnings.append(f"MIXED PROTOCOL in column {rep.display[task]}: " + " vs ".join(parts))
+    if zero_shot_split_only:
+        splits = {zero: set() for zero in (True, False)}
+        for (row, task), cell in rep.cells.items():
+            if task in zero_shot_split_only and cell.protocol:
+                splits[is_zero_shot(row)].add(str(cell.protocol["split"]))
+        warnings.append(
+            f"zero-shot rows are scored on {'/'.join(sorted(splits[True]))}, the trained rows on "
+            f"{'/'.join(sorted(splits[False]))}, in columns {', '.join(rep.display[t] for t in zero_shot_split_only)} "
+            "(GLIP's protocol: zero-shot on the validation split, fine-tuned models on test)")
     return warnings
+
+
+def _zero_shot_split_only(by_protocol: Mapping[tuple, list[tuple]]) -> bool:
+    """Whether zero-shot rows share one protocol, trained rows another, and the two differ only in split."""
+    groups: dict[bool, set[tuple]] = {True: set(), False: set()}
+    for key, rows in by_protocol.items():
+        for row in rows:
+            groups[is_zero_shot(row)].add(key)
+    if len(groups[True]) != 1 or len(groups[False]) != 1:
+        return False
+    (zero,), (trained,) = groups[True], groups[False]
+    return (zero[0], zero[2]) == (trained[0], trained[2]) and zero[1] != trained[1]
