@@ -314,3 +314,71 @@ def test_bad_regime_shots_or_std_in_a_reference_file_names_the_field(tmp_path, r
     with pytest.raises(UserError) as info:
         published.load_references([path])
     assert info.value.field == field and "refs.csv" in str(info.value)
+
+
+# ---- Item 15: plots with several models ----
+
+
+def _two_models_report():
+    records = []
+    for model in ("glip-t", "glip-l"):
+        for task, base in (("alpha", 0.0), ("beta", 0.2)):
+            records.append(record(task, "zero-shot", 0, 3, base + 0.1, model=model))
+            for regime, shots, values in (("prompt", 1, (0.0, 0.01, 0.08)), ("full", 1, (0.1, 0.2, 0.3)),
+                                          ("prompt", 5, (0.3, 0.3, 0.4)), ("full", 5, (0.4, 0.5, 0.5))):
+                records += [record(task, regime, shots, s, base + v, model=model) for s, v in zip(SEEDS, values)]
+    return grid.build_report(records, tasks=["alpha", "beta"], suite="duo")
+
+
+def _by_label(ax):
+    return {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def test_plot_colours_are_regimes_styles_are_models_and_zero_shot_is_a_level():
+    from matplotlib.colors import to_hex
+
+    from odinw_bench.report.plots import efficiency_data, suite_figure, tasks_figure
+
+    rep = _two_models_report()
+    data = efficiency_data(rep)
+    assert data.x == ["1", "5"]
+    fig = suite_figure(data, "duo")
+    (ax,) = fig.axes
+    lines = _by_label(ax)
+    assert set(lines) == {f"{m} {r}" for m in ("glip-t", "glip-l") for r in ("zero-shot", "prompt", "full")}
+
+    def colour(label):
+        return to_hex(lines[label].get_color())
+
+    def style(label):
+        return lines[label].get_linestyle(), lines[label].get_marker()
+
+    for regime in ("zero-shot", "prompt", "full"):  # one colour per regime, whatever the model
+        assert colour(f"glip-t {regime}") == colour(f"glip-l {regime}")
+    assert len({colour(f"glip-t {r}") for r in ("zero-shot", "prompt", "full")}) == 3
+    for model in ("glip-t", "glip-l"):  # one line style and marker per model, whatever the regime
+        assert style(f"{model} prompt") == style(f"{model} full")
+        assert lines[f"{model} zero-shot"].get_linestyle() == lines[f"{model} full"].get_linestyle()
+    assert style("glip-t full") != style("glip-l full")
+
+    # Zero-shot: a horizontal line across the whole shot axis at the zero-shot suite mean.
+    for model in ("glip-t", "glip-l"):
+        level = lines[f"{model} zero-shot"]
+        assert list(level.get_xdata()) == [0, 1] and level.get_transform() == ax.get_yaxis_transform()
+        assert list(level.get_ydata()) == pytest.approx([rep.suite_stats[(model, "zero-shot", "0")]["mean"]] * 2)
+    assert ax.get_ylim()[0] == 0
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    # Regimes by colour, then models by style (in table order), not every combination.
+    assert legend == ["zero-shot (reference line)", "prompt", "full", "glip-l", "glip-t"]
+
+    tasks = tasks_figure(data, "duo")
+    panels = [a for a in tasks.axes if a.get_visible()]
+    assert [a.get_title() for a in panels] == ["Alpha", "Beta"]
+    # Alpha, prompt 1-shot: AP 0, 1, 8 -> mean 3 ± 4.4: its band would dip below 0; the axis does not.
+    alpha = rep.cells[(("glip-t", "prompt", "1"), "alpha")]
+    assert alpha.mean < alpha.std
+    for panel in panels:
+        assert panel.get_ylim()[0] == 0
+        levels = [ln for ln in panel.get_lines() if ln.get_transform() == panel.get_yaxis_transform()]
+        assert len(levels) == 2
+    assert [t.get_text() for t in tasks.legends[0].get_texts()] == legend

@@ -4,8 +4,9 @@
 name, the checkpoint's sha256, the regime, the shots, the seed and the resolved configuration (recipe, prompt
 variant, split, model config). A run that does not train (zero-shot) uses neither sampled data nor random
 training, so its seed changes nothing: its id leaves the seed out (:data:`SEEDLESS`), and every seed names the
-same run, computed once per (task, model, checkpoint, split, prompt). Reading a preset or an official YAML needs no weights; a checkpoint is hashed once
-per file version in a process. A sweep therefore knows which cells already have records before it starts any.
+same run, computed once per (task, model, checkpoint, split, prompt). Reading a preset or an official YAML needs
+no weights; a checkpoint is hashed once per file version in a process. A sweep therefore knows which cells
+already have records before it starts any.
 """
 
 from __future__ import annotations
