@@ -358,8 +358,6 @@ def row_label(row: tuple) -> str:
     return f"{model} {regime} {'full data' if shots == 'all' else f'{shots}-shot'}"
 
 
-
-
 def join_values(items: Iterable[Any]) -> str:
     """Comma-joined text of ``items`` (seeds, run ids)."""
     return _join(items)
