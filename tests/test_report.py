@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from scipy.stats import t as student_t
 
 from odinw_bench.cli import main
 from odinw_bench.errors import UserError
@@ -20,10 +21,11 @@ SEEDS = (3, 30, 300)
 # AP fractions per (regime, task), one per seed. Hand-computed statistics in AP points (x100):
 #   full/alpha 30,33,36      mean 33  std sqrt((9+0+9)/2)=3
 #   full/beta 50,60,70       mean 60  std sqrt((100+0+100)/2)=10
-#   full suite per seed 40,46.5,53: mean 46.5, std sqrt((42.25+0+42.25)/2)=6.5, CI 1.96*6.5/sqrt(3)
+#   full suite per seed 40,46.5,53: mean 46.5, std sqrt((42.25+0+42.25)/2)=6.5, CI T3*6.5/sqrt(3)
 #   prompt/alpha 20,20,26    mean 22  std sqrt((4+4+16)/2)=sqrt(12)
 #   prompt/beta 10,40,40     mean 30  std sqrt((400+100+100)/2)=sqrt(300)
-#   prompt suite per seed 15,30,33: mean 26, std sqrt((121+16+49)/2)=sqrt(93), CI 1.96*sqrt(93/3)
+#   prompt suite per seed 15,30,33: mean 26, std sqrt((121+16+49)/2)=sqrt(93), CI T3*sqrt(93/3)
+# T3 = Student's t quantile 0.975 with 2 degrees of freedom (3 seeds), from scipy.
 AP = {
     ("full", "alpha"): (0.30, 0.33, 0.36),
     ("full", "beta"): (0.50, 0.60, 0.70),
@@ -32,6 +34,7 @@ AP = {
 }
 TASKS = ["alpha", "beta"]
 FULL = ("m", "full", "1")
+T3 = float(student_t.ppf(0.975, 2))
 PROMPT = ("m", "prompt", "1")
 
 
@@ -80,11 +83,11 @@ def test_seed_statistics_and_suite_average_match_hand_computation():
     alpha, beta = rep.cells[(FULL, "alpha")], rep.cells[(FULL, "beta")]
     assert (alpha.mean, alpha.std) == pytest.approx((33.0, 3.0))
     assert (beta.mean, beta.std) == pytest.approx((60.0, 10.0))
-    assert alpha.ci95 == pytest.approx(1.96 * 3.0 / math.sqrt(3))
+    assert alpha.ci95 == pytest.approx(T3 * 3.0 / math.sqrt(3))
     assert alpha.seeds == SEEDS and alpha.status == "ok"
     suite = rep.suite_stats[FULL]
     assert (suite["mean"], suite["std"]) == pytest.approx((46.5, 6.5))
-    assert suite["ci95"] == pytest.approx(1.96 * 6.5 / math.sqrt(3))
+    assert suite["ci95"] == pytest.approx(T3 * 6.5 / math.sqrt(3))
     assert suite["n_tasks"] == 2 and suite["n_seeds"] == 3 and not suite["partial"]
 
     pt = rep.cells[(PROMPT, "alpha")], rep.cells[(PROMPT, "beta")]
@@ -92,7 +95,7 @@ def test_seed_statistics_and_suite_average_match_hand_computation():
     assert [c.std for c in pt] == pytest.approx([math.sqrt(12), math.sqrt(300)])
     suite = rep.suite_stats[PROMPT]
     assert (suite["mean"], suite["std"]) == pytest.approx((26.0, math.sqrt(93)))
-    assert suite["ci95"] == pytest.approx(1.96 * math.sqrt(93 / 3))
+    assert suite["ci95"] == pytest.approx(T3 * math.sqrt(93 / 3))
     assert not rep.problems
 
 
@@ -103,7 +106,7 @@ def test_text_table_shows_mean_pm_std_and_states_the_statistics():
     assert header.split() == ["model", "regime", "shots", "Alpha", "Beta", "duo"]
     full_line = next(line for line in lines if line.startswith("m ") and " full " in line)
     assert "33.0 ± 3.0" in full_line and "60.0 ± 10.0" in full_line and "46.5 ± 6.5" in full_line
-    assert "ddof=1" in text and "1.96" in text and "unweighted mean" in text
+    assert "ddof=1" in text and "Student's t" in text and "unweighted mean" in text
     assert "v1 split=test prompt=default: alpha, beta" in text
 
 
@@ -223,7 +226,7 @@ def test_write_report_files(tmp_path, trailing_slash):
     long = pd.read_csv(paths["long"])
     assert len(long) == 6 and set(long["task"]) == {"alpha", "beta", "duo"}
     assert long.loc[(long["task"] == "alpha") & (long["regime"] == "full"), "ci95"].item() == pytest.approx(
-        1.96 * 3 / math.sqrt(3)
+        T3 * 3 / math.sqrt(3)
     )
     runs = pd.read_csv(paths["runs"])
     assert len(runs) == 12 and runs["AP"].max() == pytest.approx(0.70)  # per-run file keeps record values

@@ -59,14 +59,15 @@ def record(task, regime, shots, seed, ap, *, model="glip_t", split="test", promp
 # (regime, shots, task) -> AP per seed 3, 30, 300. Hand statistics (AP points):
 #   prompt k1 sea_life 30,33,36 -> 33 ± 3; pothole 50,60,70 -> 60 ± 10; suite per seed 40,46.5,53 -> 46.5 ± 6.5
 #   prompt k10 sea_life 40,40,40 -> 40 ± 0; pothole 60,60,60 -> 60 ± 0; suite 50 ± 0
-#   zero-shot k0 sea_life 10,10,10 -> 10 ± 0; pothole 20,22,24 -> 22 ± 2; suite per seed 15,16,17 -> 16 ± 1
+#   zero-shot k0 (one result recorded under each seed, as older records were): sea_life 10; pothole 22; suite 16,
+#   all without ± (the seed changes nothing in zero-shot)
 GRID = {
     ("prompt", 1, "sea_life"): (0.30, 0.33, 0.36),
     ("prompt", 1, "pothole"): (0.50, 0.60, 0.70),
     ("prompt", 10, "sea_life"): (0.40, 0.40, 0.40),
     ("prompt", 10, "pothole"): (0.60, 0.60, 0.60),
     ("zero-shot", 0, "sea_life"): (0.10, 0.10, 0.10),
-    ("zero-shot", 0, "pothole"): (0.20, 0.22, 0.24),
+    ("zero-shot", 0, "pothole"): (0.22, 0.22, 0.22),
 }
 TASKS = ["sea_life", "pothole"]
 
@@ -110,7 +111,7 @@ def test_latex_table_is_well_formed_and_holds_the_hand_computed_cells():
     pt1 = next(r for r in rows if r.startswith(r"glip\_t & prompt & 1 "))
     assert r"$33.0 \pm 3.0$" in pt1 and r"$60.0 \pm 10.0$" in pt1 and r"$46.5 \pm 6.5$" in pt1
     zs = next(r for r in rows if r.startswith(r"glip\_t & zero-shot & 0 "))
-    assert zs.endswith(r"$10.0 \pm 0.0$ & $22.0 \pm 2.0$ & $16.0 \pm 1.0$ \\")
+    assert zs.endswith(r"$10.0$ & $22.0$ & $16.0$ \\")
     assert r"lb\_sources.txt" in tex and "Built from 18 run records" in tex
 
 
@@ -152,9 +153,17 @@ def test_rows_evaluated_on_different_splits_are_flagged():
     records += [record("sea_life", "zero-shot", 0, s, 0.1, split="val") for s in SEEDS]
     records += [record("pothole", "zero-shot", 0, s, 0.2) for s in SEEDS]
     text = formats.format_table(grid.build_report(records, tasks=TASKS))
+    # Zero-shot on val next to fine-tuning on test is GLIP's protocol: said once, for the columns concerned.
+    flag = next(line for line in text.splitlines() if line.startswith("zero-shot rows are scored on"))
+    assert "on val, the trained rows on test, in columns Sea_life & co (" in flag and "Pothole" not in flag
+    assert "MIXED PROTOCOL" not in text
+    # Any other difference (here: two trained rows on different splits) is flagged per column.
+    records += [record("sea_life", "prompt", 3, s, 0.3, split="val") for s in SEEDS]
+    records += [record("pothole", "prompt", 3, s, 0.3) for s in SEEDS]
+    text = formats.format_table(grid.build_report(records, tasks=TASKS))
     flag = next(line for line in text.splitlines() if line.startswith("MIXED PROTOCOL"))
     assert "column Sea_life & co" in flag and "split=test" in flag and "split=val" in flag
-    assert "glip_t zero-shot 0-shot" in flag and "Pothole" not in flag
+    assert "glip_t prompt 3-shot" in flag and "Pothole" not in flag
 
 
 # ---- Plots ----
@@ -167,16 +176,15 @@ def test_efficiency_plot_data_and_png(tmp_path):
     records += [record("pothole", "prompt", "all", s, v) for s, v in zip(SEEDS, (0.7, 0.8, 0.9))]
     rep = grid.build_report(records, tasks=TASKS, suite="duo")
     data = efficiency_data(rep)
-    assert data.x == ["0", "1", "10", "all"]  # categorical order, not lexicographic
+    assert data.x == ["1", "10", "all"]  # categorical order, not lexicographic; zero-shot is a level, not a shot
     suite = {s.label: s for s in data.panels["duo"]}
     assert set(suite) == {"zero-shot", "prompt"}
     # prompt_tuning: k1 46.5 ± 6.5, k10 50 ± 0, all: per seed (50+70)/2, (50+80)/2, (50+90)/2 = 60, 65, 70 -> 65 ± 5
-    assert suite["prompt"].mean[1:] == pytest.approx([46.5, 50.0, 65.0])
-    assert suite["prompt"].std[1:] == pytest.approx([6.5, 0.0, 5.0])
-    assert math.isnan(suite["prompt"].mean[0]) and math.isnan(suite["zero-shot"].mean[1])
-    assert suite["zero-shot"].mean[0] == pytest.approx(16.0) and suite["zero-shot"].std[0] == pytest.approx(1.0)
+    assert suite["prompt"].mean == pytest.approx([46.5, 50.0, 65.0])
+    assert suite["prompt"].std == pytest.approx([6.5, 0.0, 5.0])
+    assert suite["zero-shot"].mean == pytest.approx([16.0] * 3) and all(map(math.isnan, suite["zero-shot"].std))
     pothole = {s.label: s for s in data.panels["Pothole"]}
-    assert pothole["prompt"].mean[1:] == pytest.approx([60.0, 60.0, 80.0])
+    assert pothole["prompt"].mean == pytest.approx([60.0, 60.0, 80.0])
 
     paths, _ = write_plots(rep, tmp_path / "lb")
     assert paths["plot_suite"] == tmp_path / "lb_efficiency.png"
@@ -232,13 +240,14 @@ def test_shipped_published_numbers_load_with_sources():
     assert refs and all(r.source and r.split and r.prompt for r in refs)
     assert all(0.0 <= r.ap <= 1.0 for r in refs)
     odinw13 = set(load_suites()["odinw13"].tasks)
+    mmdet = [r for r in refs if r.file == "mmdet_odinw13_zero_shot.csv"]
     for model in ("GLIP-T(A)", "GLIP-T(B)", "GLIP-T(C)"):
-        per_task = {r.task: r.ap for r in refs if r.model == model and r.task != "odinw13"}
+        per_task = {r.task: r.ap for r in mmdet if r.model == model and r.task != "odinw13"}
         assert set(per_task) == odinw13
-        mmdet_mean = [r.ap for r in refs if r.model == model and r.task == "odinw13" and r.split == "val"]
+        mmdet_mean = [r.ap for r in mmdet if r.model == model and r.task == "odinw13"]
         # The published average is consistent with the 13 per-task values (3-decimal rounding).
         assert mmdet_mean and abs(sum(per_task.values()) / 13 - mmdet_mean[0]) <= 0.0006
-    tb = {r.task: r.ap for r in refs if r.model == "GLIP-T(B)"}
+    tb = {r.task: r.ap for r in mmdet if r.model == "GLIP-T(B)"}
     assert tb["egohands"] == pytest.approx(0.003)  # mmdet column, not the misaligned "official" 0.540
     readme = {r.model: r for r in refs if r.split == "unstated"}
     assert {m: round(r.ap * 100, 1) for m, r in readme.items()} == {
@@ -263,10 +272,16 @@ def test_bad_published_file_is_a_user_error_naming_file_and_field(tmp_path, text
 
 
 def zero_shot_glip_t_c(split="test"):
-    # pothole 5,6,7 -> 6 ± 1; raccoon 30,30,30 -> 30 ± 0; suite per seed 17.5,18,18.5 -> 18 ± 0.5
-    values = {"pothole": (0.05, 0.06, 0.07), "raccoon": (0.30, 0.30, 0.30)}
+    # one zero-shot result recorded under each seed (older records): pothole 6; raccoon 30; suite 18; no ±
+    values = {"pothole": (0.06, 0.06, 0.06), "raccoon": (0.30, 0.30, 0.30)}
     return [record(task, "zero-shot", 0, s, v, model="glip-t-c", split=split)
             for task, vals in values.items() for s, v in zip(SEEDS, vals)]  # fmt: skip
+
+
+def _line(frame, regime, column, source):
+    (line,) = [r for _, r in frame.iterrows()
+               if (r["regime"], r["column"]) == (regime, column) and r["source"].startswith(source)]  # fmt: skip
+    return line
 
 
 def test_comparison_delta_is_ours_minus_reference_and_flags_the_split():
@@ -274,8 +289,9 @@ def test_comparison_delta_is_ours_minus_reference_and_flags_the_split():
     records += [record("raccoon", "full", 1, s, 0.5, model="glip-t-c") for s in SEEDS]
     rep = grid.build_report(records, tasks=["pothole", "raccoon"], suite="duo")
     frame = published.compare(rep, published.load_references(), suite_tasks={"odinw13": ["pothole", "raccoon"]})
-    assert set(frame["regime"]) == {"zero-shot"}  # fine-tuned rows have no published counterpart
-    by_column = {(r["column"], r["ref_split"]): r for _, r in frame.iterrows()}
+    assert set(frame["regime"]) == {"zero-shot", "full"}
+    by_column = {(r["column"], r["ref_split"]): r for _, r in frame.iterrows() if r["source"].startswith("open")}
+    by_column[("duo", "unstated")] = _line(frame, "zero-shot", "duo", "microsoft/GLIP")
     pothole = by_column[("Pothole", "val")]  # mmdet GLIP-T(C) pothole 0.058 -> 5.8
     assert pothole["ours"] == pytest.approx(6.0) and pothole["reference"] == pytest.approx(5.8)
     assert pothole["delta"] == pytest.approx(6.0 - 5.8)
@@ -286,14 +302,18 @@ def test_comparison_delta_is_ours_minus_reference_and_flags_the_split():
     assert suite_mmdet["delta"] == pytest.approx(18.0 - 39.2) and suite_readme["delta"] == pytest.approx(18.0 - 44.4)
     assert "reference split unstated" in suite_readme["check"] and "reference prompt unstated" in suite_readme["check"]
     text = report.comparison_text(frame)
-    assert "+0.2" in text and "split differs (ours test, reference val)" in text and "[1] open-mmlab" in text
+    assert "+0.2" in text and "split differs (ours test, reference val)" in text and "] open-mmlab" in text
 
 
 def test_comparison_on_the_reference_split_and_prompt_is_not_flagged():
     rep = grid.build_report(zero_shot_glip_t_c(split="val"), tasks=["pothole", "raccoon"])
     frame = published.compare(rep, published.load_references(), suite_tasks={})
-    assert list(frame["column"]) == ["Pothole", "Raccoon"]  # no suite reference: our columns are not odinw13
-    assert set(frame["check"]) == {"same split and prompt"}
+    mmdet = frame[frame["source"].str.startswith("open-mmlab")]
+    assert list(mmdet["column"]) == ["Pothole", "Raccoon"]  # no suite reference: our columns are not odinw13
+    assert set(mmdet["check"]) == {"same split and prompt"}
+    paper = frame[frame["source"].str.startswith("GLIP paper")]  # same split, but the paper's manual prompts
+    assert list(paper["column"]) == ["Pothole", "Raccoon"]
+    assert set(paper["check"]) == {"prompt differs (ours default, reference glip_manual)"}
 
 
 def test_models_without_published_numbers_are_not_compared():
@@ -312,7 +332,9 @@ def test_cli_writes_every_requested_output(tmp_path, capsys):
                  "--formats", "csv,md,tex"])  # fmt: skip
     stdout = capsys.readouterr().out
     assert code == 0
-    assert "6.0 ± 1.0" in stdout and "published zero-shot numbers" in stdout and "+0.2" in stdout
+    row = next(line for line in stdout.splitlines() if line.startswith("glip-t-c"))
+    assert row.split()[3:] == ["6.0", "30.0", "18.0"]  # zero-shot: no ±
+    assert "published numbers" in stdout and "+0.2" in stdout
     for name in ("board.csv", "board.md", "board.tex", "board_sources.txt", "board_compare.csv", "board_compare.md",
                  "board_compare.tex", "board_efficiency.png", "board_efficiency_tasks.png"):  # fmt: skip
         assert (tmp_path / name).is_file(), name

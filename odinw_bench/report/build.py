@@ -7,7 +7,8 @@ The pieces live in their own modules; this one assembles them into the files one
 - :mod:`odinw_bench.report.formats`: text, Markdown, LaTeX and CSV tables, and the ``*_sources.txt`` listing.
 - :mod:`odinw_bench.report.categories`: per-category AP tables.
 - :mod:`odinw_bench.report.plots`: AP vs shots plots.
-- :mod:`odinw_bench.report.published`: published numbers and the comparison with our zero-shot rows.
+- :mod:`odinw_bench.report.published`: published numbers (zero-shot, few-shot and full data, per regime) and the
+  comparison with our rows.
 - :mod:`odinw_bench.report.wandb_upload`: tables and plots to a W&B run of job type ``report``.
 
 Example::
@@ -79,7 +80,9 @@ def comparison_text(frame, fmt: str = "text") -> str:
     from odinw_bench.report.published import comparison_rows
 
     header, body, notes = comparison_rows(frame)
-    title = "published zero-shot numbers (AP x 100; delta = ours - reference; check = split/prompt agreement)"
+    title = ("published numbers of the same model, regime and shots (AP x 100, mean ± std over seeds where given; "
+             "delta = ours - reference; check = split/prompt agreement; protocol = how the reference's protocol "
+             "differs from ours, lettered below)")
     if fmt == "md":
         return "\n".join([f"{title}  ", "", markdown_table(header, body, n_left=4), "",
                           *(f"{n}  " for n in notes)]) + "\n"  # fmt: skip
@@ -94,14 +97,14 @@ def _compare(rep: Report, compare: bool | None, references: Sequence[Any] | None
     """The comparison frame, or None when there is nothing (or nothing asked) to compare."""
     if compare is False:
         return None
+    from odinw_bench.report.published import MODEL_ALIASES, load_references
     from odinw_bench.report.published import compare as compare_rows
-    from odinw_bench.report.published import load_references
 
     frame = compare_rows(rep, load_references() if references is None else references)
     if frame.empty:
         if compare:
-            logger.warning("no published numbers apply: they cover zero-shot (shots 0) rows of %s",
-                           "glip-t-a, glip-t-b, glip-t-c, glip-t, glip-l")  # fmt: skip
+            logger.warning("no published numbers apply: they cover rows of %s (zero-shot; full, prompt and "
+                           "linear-probe at 1, 3, 5, 10 shots and all)", ", ".join(MODEL_ALIASES))  # fmt: skip
         return None
     return frame
 

@@ -24,10 +24,10 @@ from typing import Any
 
 from odinw_bench.atomic import atomic_write_text
 from odinw_bench.report.grid import (
+    CI_LEVEL,
     PROTOCOL_KEYS,
     ROW_KEYS,
     SCALE,
-    Z95,
     Cell,
     Report,
     join_values,
@@ -46,7 +46,10 @@ def header_lines(rep: Report) -> list[str]:
     """The statistics behind the numbers, printed above every table."""
     return [
         f"metric: {rep.metric} x {SCALE:g}; cell = mean ± sample std (ddof=1) over seeds (one seed: mean alone)",
-        f"95% CI half-width (CSV) = {Z95}·std/√n (normal approximation, as FsDet)",
+        "zero-shot rows: one evaluation per task, model, checkpoint, split and prompt (the seed changes nothing): "
+        "no ±",
+        f"{CI_LEVEL:.0%} CI half-width (CSV) = t·std/√n, t = Student's t quantile with n-1 degrees of freedom "
+        "(scipy.stats.t; 4.30 for 3 seeds)",
         f"{rep.suite} = unweighted mean of the {len(rep.tasks)} task means; its ± is the std over seeds of the "
         "per-seed suite means (only when all tasks share the seeds)",
     ]
@@ -132,8 +135,14 @@ def to_markdown(rep: Report, sources_name: str | None = None) -> str:
     header, body = display_rows(rep)
     out = [*(f"{h}  " for h in header_lines(rep)), "", markdown_table(header, body), ""]
     out += [f"{x}  " for x in legend_lines(rep)]
-    out += ["", sources_footer(rep, sources_name)]
+    out += ["", f"{statistics_note()}.  ", sources_footer(rep, sources_name)]
     return "\n".join(out) + "\n"
+
+
+def statistics_note() -> str:
+    """One sentence under a table saying what ± and the confidence intervals are."""
+    return (f"± = sample std over seeds; {CI_LEVEL:.0%} CI in the CSV uses Student's t (n-1 degrees of freedom, "
+            "scipy.stats.t)")
 
 
 def sources_footer(rep: Report, sources_name: str | None) -> str:
@@ -189,7 +198,7 @@ def to_latex(rep: Report, sources_name: str | None = None) -> str:
         stats = rep.suite_stats[row]
         suite = latex_mean_std(stats["mean"], stats["std"]) + ("$^{\\dagger}$" if stats["partial"] else "")
         body.append([*(latex_escape(v) for v in row), *(_latex_cell(rep.cells[(row, t)]) for t in rep.tasks), suite])
-    footer = [sources_footer(rep, sources_name)]
+    footer = [statistics_note(), sources_footer(rep, sources_name)]
     if rep.problems:
         footer.insert(0, "* fewer seeds than expected; -- missing; dagger: suite average over an incomplete row")
     footer += protocol_warnings(rep)

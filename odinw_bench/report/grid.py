@@ -5,7 +5,12 @@ Statistics (stated in every table header):
 - A *cell* is one (model, regime, shots, task). Its runs must agree on task version, evaluated split, prompt
   variant and checkpoint; a cell whose runs disagree is *mixed* and never merged.
 - Per cell: n seeds, mean, sample std (``ddof=1``; NaN for n = 1, shown as the mean alone), and the 95%
-  confidence half-width ``1.96 * std / sqrt(n)`` (normal approximation, as FsDet's ``aggregate_seeds.py``).
+  confidence half-width ``t(0.975, n - 1) * std / sqrt(n)`` with Student's t quantile (``scipy.stats.t``): with
+  3 seeds t = 4.30, where the normal approximation's 1.96 would give an interval 2.2x too narrow.
+- Zero-shot rows (regime ``zero-shot``): an evaluation without training does not depend on the seed, so a cell
+  needs one run, whatever seeds the other rows have. Runs of one zero-shot cell (several seeds of older records,
+  or one run recorded under several seeds) are one result: their mean is shown without ± (std and CI NaN), and a
+  note says so if their values differ.
 - Suite average = unweighted mean of the task means (as GLIP/ODinW). Its std is the std over seeds of the
   per-seed suite means, defined when every task has the same seeds (NaN otherwise); its CI uses the same rule.
 - Values are the chosen metric × 100 (AP points), except in the per-run CSV, which keeps record values.
@@ -35,13 +40,16 @@ from odinw_bench.results.leaderboard import leaderboard_row
 
 logger = logging.getLogger(__name__)
 
-Z95 = 1.96  # two-sided 95% quantile of the normal distribution (FsDet convention)
+CI_LEVEL = 0.95  # two-sided confidence level of the ``ci95`` half-widths
 SCALE = 100.0  # tables show AP points, as the GLIP/ODinW papers do
 ROW_KEYS = ("model", "regime", "shots")
 # Runs of one cell must agree on these; different values are never averaged together.
 PROTOCOL_KEYS = ("task_version", "split", "prompt", "checkpoint_sha256")
 GROUP_KEYS = (*ROW_KEYS, "task", *PROTOCOL_KEYS)
-_REGIME_ORDER = ("zero-shot", "linear-probe", "prompt", "language", "full")
+ZERO_SHOT = "zero-shot"
+REGIME_ORDER = (ZERO_SHOT, "linear-probe", "prompt", "language", "full")
+# Zero-shot runs of one cell whose values differ by more than this (AP points) are named in the notes.
+_ZERO_SHOT_SPREAD = 1e-6
 
 
 @dataclass
@@ -190,13 +198,33 @@ def _fill_grid(rep: Report, seeds: Sequence[int] | None) -> None:
     rep.rows = sorted(by_row, key=row_order)
     for row in rep.rows:
         in_row = by_row[row]
-        expected = tuple(sorted(seeds)) if seeds else tuple(sorted(int(s) for s in in_row["seed"].unique()))
+        zero_shot = is_zero_shot(row)
+        if zero_shot:
+            expected: tuple[int, ...] = ()  # one run is the whole result; the seed changes nothing
+        else:
+            expected = tuple(sorted(seeds)) if seeds else tuple(sorted(int(s) for s in in_row["seed"].unique()))
         for task in rep.tasks:
-            cell, problem = _make_cell(in_row[in_row["task"] == task], expected)
+            task_runs = in_row[in_row["task"] == task]
+            cell, problem = _make_cell(task_runs, expected, zero_shot=zero_shot)
             rep.cells[(row, task)] = cell
             if problem:
                 rep.problems.append(f"{row_label(row)} | {task}: {problem}")
-        rep.suite_stats[row] = _suite_stats([rep.cells[(row, t)] for t in rep.tasks])
+            spread = _spread(task_runs, cell) if zero_shot else 0.0
+            if spread > _ZERO_SHOT_SPREAD:
+                rep.notes.append(f"{row_label(row)} | {task}: its {len(cell.run_ids)} zero-shot runs differ by up "
+                                 f"to {spread:.2f} AP points; the table shows their mean")
+        rep.suite_stats[row] = _suite_stats([rep.cells[(row, t)] for t in rep.tasks], zero_shot=zero_shot)
+
+
+def is_zero_shot(row: tuple) -> bool:
+    """Whether a (model, regime, shots) row is zero-shot: one result per cell, no spread over seeds."""
+    return row[1] == ZERO_SHOT
+
+
+def _spread(task_runs, cell: Cell) -> float:
+    """Largest difference (AP points) between the runs behind a cell."""
+    values = task_runs.loc[task_runs["run_id"].isin(cell.run_ids), "value"] * SCALE
+    return float(values.max() - values.min()) if len(values) else 0.0
 
 
 def _select_runs(runs, tasks, prompts, notes: list[str]):
@@ -219,8 +247,11 @@ def _select_runs(runs, tasks, prompts, notes: list[str]):
 
 
 def _refuse_duplicates(runs) -> None:
-    """One seed of one cell must come from one run: two would be counted twice in the mean."""
-    ok = runs[runs["status"] == "ok"]
+    """One seed of one cell must come from one run: two would be counted twice in the mean.
+
+    Zero-shot cells are exempt: their runs are one result whatever their seeds (see :func:`_make_cell`).
+    """
+    ok = runs[(runs["status"] == "ok") & (runs["regime"] != ZERO_SHOT)]
     dup = ok[ok.duplicated([*GROUP_KEYS, "seed"], keep=False)]
     if dup.empty:
         return
@@ -233,8 +264,11 @@ def _refuse_duplicates(runs) -> None:
     )
 
 
-def _make_cell(task_runs, expected: tuple[int, ...]) -> tuple[Cell, str | None]:
-    """Statistics of one cell and, if it is incomplete or mixed, a description of the problem."""
+def _make_cell(task_runs, expected: tuple[int, ...], *, zero_shot: bool = False) -> tuple[Cell, str | None]:
+    """Statistics of one cell and, if it is incomplete or mixed, a description of the problem.
+
+    A zero-shot cell keeps one run per run id (a run recorded under several seeds counts once) and has no std.
+    """
     ok = task_runs[(task_runs["status"] == "ok") & task_runs["value"].notna()]
     failed = sorted(int(s) for s in task_runs.loc[task_runs["status"] != "ok", "seed"])
     failed_text = f" (failed: seeds {_join(failed)})" if failed else ""
@@ -245,8 +279,14 @@ def _make_cell(task_runs, expected: tuple[int, ...]) -> tuple[Cell, str | None]:
         differing = [k for k in PROTOCOL_KEYS if protocols[k].nunique() > 1]
         desc = "; ".join(f"{k} {' / '.join(map(str, sorted(protocols[k].unique(), key=str)))}" for k in differing)
         return Cell("mixed"), f"runs differ in {desc}; not merged"
-    values = {int(s): float(v) * SCALE for s, v in zip(ok["seed"], ok["value"])}
-    cell = _seed_stats(values)
+    if zero_shot:
+        ok = ok.drop_duplicates("run_id")
+        values = {int(s): float(v) * SCALE for s, v in zip(ok["seed"], ok["value"])}
+        mean = sum(float(v) * SCALE for v in ok["value"]) / len(ok)
+        cell = Cell("ok", mean, math.nan, math.nan, tuple(sorted(values)), values)
+    else:
+        values = {int(s): float(v) * SCALE for s, v in zip(ok["seed"], ok["value"])}
+        cell = _seed_stats(values)
     cell.protocol = {k: protocols.iloc[0][k] for k in PROTOCOL_KEYS}
     cell.run_ids = tuple(ok["run_id"])
     missing = sorted(set(expected) - set(values))
@@ -256,23 +296,41 @@ def _make_cell(task_runs, expected: tuple[int, ...]) -> tuple[Cell, str | None]:
     return cell, None
 
 
+def t_quantile(n: int, level: float = CI_LEVEL) -> float:
+    """Two-sided Student's t quantile for ``n`` values (``n - 1`` degrees of freedom); NaN for n < 2."""
+    if n < 2:
+        return math.nan
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, n - 1))
+
+
+def ci_half_width(std: float, n: int, level: float = CI_LEVEL) -> float:
+    """Half-width of the ``level`` confidence interval of a mean of ``n`` values: ``t * std / sqrt(n)``."""
+    if n < 2 or math.isnan(std):
+        return math.nan
+    return t_quantile(n, level) * std / math.sqrt(n)
+
+
 def _seed_stats(values: Mapping[int, float]) -> Cell:
-    """Mean, sample std (ddof=1, NaN for one seed) and 95% CI half-width of per-seed values."""
+    """Mean, sample std (ddof=1, NaN for one seed) and 95% CI half-width (Student's t) of per-seed values."""
     n = len(values)
     mean = sum(values.values()) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values.values()) / (n - 1)) if n > 1 else math.nan
-    ci95 = Z95 * std / math.sqrt(n) if n > 1 else math.nan
-    return Cell("ok", mean, std, ci95, tuple(sorted(values)), dict(values))
+    return Cell("ok", mean, std, ci_half_width(std, n), tuple(sorted(values)), dict(values))
 
 
-def _suite_stats(cells: list[Cell]) -> dict[str, Any]:
-    """Suite average over the usable cells of one row (see module docstring)."""
+def _suite_stats(cells: list[Cell], *, zero_shot: bool = False) -> dict[str, Any]:
+    """Suite average over the usable cells of one row (see module docstring); no std for zero-shot."""
     used = [c for c in cells if c.status in ("ok", "partial")]
     stats = {"mean": math.nan, "std": math.nan, "ci95": math.nan, "n_tasks": len(used), "n_seeds": 0}
     stats["partial"] = len(used) < len(cells) or any(c.status != "ok" for c in cells)
     if not used:
         return stats
     stats["mean"] = sum(c.mean for c in used) / len(used)
+    if zero_shot:
+        stats["n_seeds"] = 1  # one evaluation per task
+        return stats
     seed_sets = {c.seeds for c in used}
     if len(seed_sets) == 1:
         seeds = next(iter(seed_sets))
@@ -289,7 +347,7 @@ def _join(items: Iterable[Any]) -> str:
 def row_order(row: tuple) -> tuple:
     """Sort key of a (model, regime, shots) row: model, regimes in protocol order, shots numerically then 'all'."""
     model, regime, shots = row
-    regime_rank = _REGIME_ORDER.index(regime) if regime in _REGIME_ORDER else len(_REGIME_ORDER)
+    regime_rank = REGIME_ORDER.index(regime) if regime in REGIME_ORDER else len(REGIME_ORDER)
     shots_rank = (0, int(shots), "") if str(shots).isdigit() else (1, 0, str(shots))
     return (model, regime_rank, regime, shots_rank)
 
@@ -298,8 +356,6 @@ def row_label(row: tuple) -> str:
     """``glip-t prompt 1-shot`` / ``... full data``."""
     model, regime, shots = row
     return f"{model} {regime} {'full data' if shots == 'all' else f'{shots}-shot'}"
-
-
 
 
 def join_values(items: Iterable[Any]) -> str:
@@ -316,18 +372,45 @@ def protocol_warnings(rep: Report) -> list[str]:
     """Tasks whose rows were evaluated under different task versions, splits or prompts.
 
     A cell never mixes protocols (see :func:`build_report`), but two rows of one column may: e.g. zero-shot on
-    ``val`` next to fine-tuning on ``test``. Such numbers sit side by side yet are not comparable, so say so.
+    ``val`` next to fine-tuning on ``test``. Such numbers sit side by side yet are not comparable, so say so. The
+    one expected difference, GLIP's (zero-shot rows on the task's zero-shot split, trained rows on another),
+    is said once for all the columns it concerns; any other difference gets a ``MIXED PROTOCOL`` line per column.
     """
-    warnings = []
+    warnings, zero_shot_split_only = [], []
     for task in rep.tasks:
-        by_protocol: dict[tuple, list[str]] = {}
+        by_protocol: dict[tuple, list[tuple]] = {}
         for row in rep.rows:
             cell = rep.cells[(row, task)]
             if cell.protocol:
                 key = tuple(cell.protocol[k] for k in ("task_version", "split", "prompt"))
-                by_protocol.setdefault(key, []).append(row_label(row))
-        if len(by_protocol) > 1:
-            parts = [f"v{v} split={s} prompt={p} ({'; '.join(rows)})" for (v, s, p), rows in sorted(
-                by_protocol.items(), key=lambda kv: tuple(map(str, kv[0])))]  # fmt: skip
-            warnings.append(f"MIXED PROTOCOL in column {rep.display[task]}: " + " vs ".join(parts))
+                by_protocol.setdefault(key, []).append(row)
+        if len(by_protocol) <= 1:
+            continue
+        if _zero_shot_split_only(by_protocol):
+            zero_shot_split_only.append(task)
+            continue
+        parts = [f"v{v} split={s} prompt={p} ({'; '.join(map(row_label, rows))})" for (v, s, p), rows in sorted(
+            by_protocol.items(), key=lambda kv: tuple(map(str, kv[0])))]  # fmt: skip
+        warnings.append(f"MIXED PROTOCOL in column {rep.display[task]}: " + " vs ".join(parts))
+    if zero_shot_split_only:
+        splits = {zero: set() for zero in (True, False)}
+        for (row, task), cell in rep.cells.items():
+            if task in zero_shot_split_only and cell.protocol:
+                splits[is_zero_shot(row)].add(str(cell.protocol["split"]))
+        warnings.append(
+            f"zero-shot rows are scored on {'/'.join(sorted(splits[True]))}, the trained rows on "
+            f"{'/'.join(sorted(splits[False]))}, in columns {', '.join(rep.display[t] for t in zero_shot_split_only)} "
+            "(GLIP's protocol: zero-shot on the validation split, fine-tuned models on test)")
     return warnings
+
+
+def _zero_shot_split_only(by_protocol: Mapping[tuple, list[tuple]]) -> bool:
+    """Whether zero-shot rows share one protocol, trained rows another, and the two differ only in split."""
+    groups: dict[bool, set[tuple]] = {True: set(), False: set()}
+    for key, rows in by_protocol.items():
+        for row in rows:
+            groups[is_zero_shot(row)].add(key)
+    if len(groups[True]) != 1 or len(groups[False]) != 1:
+        return False
+    (zero,), (trained,) = groups[True], groups[False]
+    return (zero[0], zero[2]) == (trained[0], trained[2]) and zero[1] != trained[1]

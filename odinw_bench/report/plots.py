@@ -1,13 +1,24 @@
-"""Data-efficiency plots: AP against shots (0, 1, 3, 5, 10, all on a categorical axis), one line per regime
-(and model), mean over seeds with a ±std band — for the suite average and as small multiples per task.
+"""Data-efficiency plots: AP against shots (1, 3, 5, 10, all on a categorical axis), mean over seeds with a ±std
+band, for the suite average and as small multiples per task.
+
+How a reader tells the lines apart:
+
+- one colour per regime (:data:`REGIME_COLORS`), the same in every panel and every report;
+- one line style and marker per model (:data:`MODEL_STYLES`, in the order the models appear);
+- zero-shot, which has no shots, is a horizontal reference line across the whole shot axis, in the model's line
+  style (with one model and no trained rows, the axis shows the single position ``0``);
+- the legend lists the regimes by colour and, with several models, the models by style, rather than every
+  combination;
+- the AP axis starts at 0.
 
 Drawn with matplotlib's Agg canvas on explicit ``Figure`` objects (no pyplot state, no display needed). The
-numbers plotted are returned as :class:`EfficiencyData`, so a caller (or a test) can check them.
+numbers plotted are returned as :class:`EfficiencyData`, and :func:`suite_figure` / :func:`tasks_figure` return
+the figures, so a caller (or a test) can check both.
 
 Example::
 
     data = efficiency_data(rep)
-    paths = write_plots(rep, "results/leaderboard")   # leaderboard_efficiency.png, leaderboard_efficiency_tasks.png
+    paths = write_plots(rep, "results/report/odinw13")   # odinw13_efficiency.png, odinw13_efficiency_tasks.png
 """
 
 from __future__ import annotations
@@ -20,21 +31,36 @@ from typing import Any
 
 from odinw_bench.atomic import atomic_write
 from odinw_bench.report.formats import path_namer
-from odinw_bench.report.grid import SCALE, Report
+from odinw_bench.report.grid import REGIME_ORDER, SCALE, ZERO_SHOT, Report
 
 logger = logging.getLogger(__name__)
 
 SHOTS_ORDER = ("0", "1", "3", "5", "10", "all")
 _PANEL_COLUMNS = 4
+#: Colour of each regime (matplotlib's colour-blind-safe tab10 entries); others get the spare ones in order.
+REGIME_COLORS = {ZERO_SHOT: "tab:gray", "linear-probe": "tab:green", "prompt": "tab:orange", "language": "tab:purple",
+                 "full": "tab:blue"}  # fmt: skip
+_SPARE_COLORS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+#: (line style, marker) of the 1st, 2nd, ... model.
+MODEL_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 3)), "P"))
 
 
 @dataclass
 class Series:
-    """One line: ``mean`` and ``std`` per x position (NaN where the row has no value / one seed)."""
+    """One line: ``mean`` and ``std`` per x position (NaN where the row has no value / one seed).
+
+    A zero-shot series is a reference line: the same mean at every position, no std.
+    """
 
     label: str
     mean: list[float]
     std: list[float]
+    model: str = ""
+    regime: str = ""
+
+    @property
+    def is_reference(self) -> bool:
+        return self.regime == ZERO_SHOT
 
 
 @dataclass
@@ -45,6 +71,17 @@ class EfficiencyData:
     x: list[str]
     panels: dict[str, list[Series]] = field(default_factory=dict)
 
+    @property
+    def models(self) -> list[str]:
+        """Models in order of appearance."""
+        return list(dict.fromkeys(s.model for lines in self.panels.values() for s in lines))
+
+    @property
+    def regimes(self) -> list[str]:
+        """Regimes in protocol order."""
+        found = {s.regime for lines in self.panels.values() for s in lines}
+        return sorted(found, key=lambda r: (REGIME_ORDER.index(r) if r in REGIME_ORDER else len(REGIME_ORDER), r))
+
 
 def _shots_key(shots: str) -> tuple:
     if shots in SHOTS_ORDER:
@@ -53,51 +90,131 @@ def _shots_key(shots: str) -> tuple:
 
 
 def efficiency_data(rep: Report) -> EfficiencyData:
-    """Group the rows of ``rep`` into lines (model, regime) over the shots present, per panel."""
-    x = sorted({str(row[2]) for row in rep.rows}, key=_shots_key)
+    """Group the rows of ``rep`` into lines (model, regime) over the shots present, per panel.
+
+    Zero-shot rows are no position of the shot axis but a level across it (see the module docstring).
+    """
+    trained = {str(row[2]) for row in rep.rows if row[1] != ZERO_SHOT}
+    x = sorted(trained, key=_shots_key) or ["0"]
     lines: dict[tuple, dict[str, tuple]] = {}
     for row in rep.rows:
         lines.setdefault((row[0], row[1]), {})[str(row[2])] = row
     several_models = len({model for model, _ in lines}) > 1
     data = EfficiencyData(rep.metric, x)
 
-    def series(label: str, stat) -> Series:
+    def series(model: str, regime: str, rows: dict[str, tuple], stat) -> Series:
+        label = f"{model} {regime}" if several_models else regime
+        if regime == ZERO_SHOT:
+            level = stat(next(iter(rows.values())))[0]
+            return Series(label, [level] * len(x), [math.nan] * len(x), model, regime)
         points = [stat(rows[s]) if s in rows else (math.nan, math.nan) for s in x]
-        return Series(label, [p[0] for p in points], [p[1] for p in points])
+        return Series(label, [p[0] for p in points], [p[1] for p in points], model, regime)
 
     for (model, regime), rows in lines.items():
-        label = f"{model} {regime}" if several_models else regime
-        suite = series(label, lambda r: (rep.suite_stats[r]["mean"], rep.suite_stats[r]["std"]))
+        suite = series(model, regime, rows, lambda r: (rep.suite_stats[r]["mean"], rep.suite_stats[r]["std"]))
         data.panels.setdefault(rep.suite, []).append(suite)
         for task in rep.tasks:
-            cell_series = series(label, lambda r, t=task: (rep.cells[(r, t)].mean, rep.cells[(r, t)].std))
-            data.panels.setdefault(rep.display[task], []).append(cell_series)
+            cells = series(model, regime, rows, lambda r, t=task: (rep.cells[(r, t)].mean, rep.cells[(r, t)].std))
+            data.panels.setdefault(rep.display[task], []).append(cells)
     return data
 
 
-def _draw(ax: Any, x: list[str], lines: list[Series], title: str, ylabel: str | None) -> None:
-    """One panel: a line per series over the finite points, a band where std is known."""
+def regime_color(regime: str, regimes: list[str]) -> str:
+    """The colour of ``regime``: its own in :data:`REGIME_COLORS`, else a spare one by its place in ``regimes``."""
+    if regime in REGIME_COLORS:
+        return REGIME_COLORS[regime]
+    others = [r for r in regimes if r not in REGIME_COLORS]
+    return _SPARE_COLORS[others.index(regime) % len(_SPARE_COLORS)] if regime in others else "black"
+
+
+def model_style(model: str, models: list[str]) -> tuple[Any, str]:
+    """(line style, marker) of ``model``, by its place in ``models``."""
+    return MODEL_STYLES[models.index(model) % len(MODEL_STYLES)] if model in models else MODEL_STYLES[0]
+
+
+def _draw(ax: Any, data: EfficiencyData, lines: list[Series], title: str, ylabel: str | None) -> None:
+    """One panel: a line per trained series over its finite points with a ±std band, a level per zero-shot one."""
+    models, regimes, x = data.models, data.regimes, data.x
     for line in lines:
+        color = regime_color(line.regime, regimes)
+        style, marker = model_style(line.model, models)
+        if line.is_reference:
+            if not math.isnan(line.mean[0]):
+                ax.axhline(line.mean[0], color=color, linestyle=style, linewidth=1.5, label=line.label)
+            continue
         idx = [i for i, v in enumerate(line.mean) if not math.isnan(v)]
         if not idx:
             continue
-        ys = [line.mean[i] for i in idx]
-        (handle,) = ax.plot(idx, ys, marker="o", label=line.label)
+        ax.plot(idx, [line.mean[i] for i in idx], color=color, linestyle=style, marker=marker, label=line.label)
         band = [i for i in idx if not math.isnan(line.std[i])]
-        if len(band) == 1:  # a lone point (zero-shot) has no width for a band: an error bar instead
+        if len(band) == 1:  # a lone point has no width for a band: an error bar instead
             i = band[0]
-            ax.errorbar([i], [line.mean[i]], yerr=[line.std[i]], capsize=4, color=handle.get_color())
+            ax.errorbar([i], [line.mean[i]], yerr=[line.std[i]], capsize=4, color=color, linestyle="none")
         elif band:
             low = [line.mean[i] - line.std[i] for i in band]
             high = [line.mean[i] + line.std[i] for i in band]
-            ax.fill_between(band, low, high, alpha=0.2, color=handle.get_color(), linewidth=0)
+            ax.fill_between(band, low, high, alpha=0.15, color=color, linewidth=0)
     ax.set_xticks(range(len(x)), x)
     ax.set_xlim(-0.5, len(x) - 0.5)
+    ax.set_ylim(bottom=0)  # AP is never negative; a band below 0 would suggest it could be
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("shots per category")
     if ylabel:
         ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+
+
+def legend_handles(data: EfficiencyData) -> list[Any]:
+    """Legend entries: each regime by its colour (zero-shot marked as the reference level), then, with several
+    models, each model by its line style and marker (in gray)."""
+    from matplotlib.lines import Line2D
+
+    models = data.models
+    handles = [Line2D([], [], color=regime_color(r, data.regimes), linewidth=2,
+                      label=f"{r} (reference line)" if r == ZERO_SHOT else r) for r in data.regimes]  # fmt: skip
+    if len(models) > 1:
+        for model in models:
+            style, marker = model_style(model, models)
+            handles.append(Line2D([], [], color="dimgray", linestyle=style, marker=marker, label=model))
+    return handles
+
+
+def _new_figure(size: tuple[float, float]) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def suite_figure(data: EfficiencyData, suite: str) -> Any:
+    """The suite-average panel alone, with its legend (a matplotlib ``Figure``)."""
+    fig = _new_figure((6.5, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    _draw(ax, data, data.panels.get(suite, []), f"{suite}: {data.metric} vs shots (mean ± std over seeds)",
+          f"{data.metric} (x{SCALE:g})")  # fmt: skip
+    ax.legend(handles=legend_handles(data), fontsize=8, loc="best")
+    return fig
+
+
+def tasks_figure(data: EfficiencyData, suite: str) -> Any:
+    """Small multiples: one panel per task (suite panel excluded) and one legend above them (a ``Figure``)."""
+    names = [name for name in data.panels if name != suite]
+    ncols = min(_PANEL_COLUMNS, max(1, len(names)))
+    nrows = max(1, math.ceil(len(names) / ncols))
+    fig = _new_figure((3.2 * ncols, 2.6 * nrows + 0.6))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(names):
+            ax.set_visible(False)
+            continue
+        _draw(ax, data, data.panels[names[i]], names[i], data.metric if i % ncols == 0 else None)
+    handles = legend_handles(data)
+    if handles:
+        fig.legend(handles=handles, loc="upper center", ncol=min(6, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    return fig
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -107,39 +224,12 @@ def _save(fig: Any, path: Path) -> Path:
 
 def plot_suite(data: EfficiencyData, suite: str, path: str | Path) -> Path:
     """The suite-average panel alone, as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    _draw(ax, data.x, data.panels.get(suite, []), f"{suite}: {data.metric} vs shots (mean ± std over seeds)",
-          f"{data.metric} (x{SCALE:g})")  # fmt: skip
-    ax.legend(fontsize=8)
-    return _save(fig, Path(path))
+    return _save(suite_figure(data, suite), Path(path))
 
 
 def plot_tasks(data: EfficiencyData, suite: str, path: str | Path) -> Path:
-    """Small multiples: one panel per task (suite panel excluded), shared legend, as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = [name for name in data.panels if name != suite]
-    ncols = min(_PANEL_COLUMNS, max(1, len(names)))
-    nrows = max(1, math.ceil(len(names) / ncols))
-    fig = Figure(figsize=(3.2 * ncols, 2.6 * nrows + 0.6))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i >= len(names):
-            ax.set_visible(False)
-            continue
-        _draw(ax, data.x, data.panels[names[i]], names[i], data.metric if i % ncols == 0 else None)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    return _save(fig, Path(path))
+    """Small multiples, one panel per task, as a PNG."""
+    return _save(tasks_figure(data, suite), Path(path))
 
 
 def write_plots(rep: Report, out: str | Path) -> tuple[dict[str, Path], EfficiencyData]:

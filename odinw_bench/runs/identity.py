@@ -2,8 +2,11 @@
 
 ``run`` and ``sweep`` both call :func:`run_identity`: the run id hashes the task (and its version), the model
 name, the checkpoint's sha256, the regime, the shots, the seed and the resolved configuration (recipe, prompt
-variant, split, model config). Reading a preset or an official YAML needs no weights; a checkpoint is hashed once
-per file version in a process. A sweep therefore knows which cells already have records before it starts any.
+variant, split, model config). A run that does not train (zero-shot) uses neither sampled data nor random
+training, so its seed changes nothing: its id leaves the seed out (:data:`SEEDLESS`), and every seed names the
+same run, computed once per (task, model, checkpoint, split, prompt). Reading a preset or an official YAML needs
+no weights; a checkpoint is hashed once per file version in a process. A sweep therefore knows which cells
+already have records before it starts any.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from odinw_bench.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from odinw_bench.runs.request import RunRequest
+
+
+#: The seed an evaluation-only run is identified with, whatever seed it was asked for (not a seed anyone runs).
+SEEDLESS = -1
 
 
 class CheckpointNotDownloaded(UserError):
@@ -92,10 +99,16 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
+def identity_seed(req: RunRequest) -> int:
+    """The seed a request's run id depends on: its own for a run that trains, :data:`SEEDLESS` for zero-shot."""
+    return req.seed if req.regime.fit else SEEDLESS
+
+
 def run_identity(req: RunRequest, *, fetch: bool = True) -> RunIdentity:
     """The run id and record identity of a request, computed without building the model or reading data.
 
-    ``run`` and ``sweep`` both call this, so a sweep knows which runs exist before it starts any.
+    ``run`` and ``sweep`` both call this, so a sweep knows which runs exist before it starts any. A zero-shot
+    request has the same id for every seed (:func:`identity_seed`).
     """
     from odinw_bench.results.records import make_run_id
 
@@ -107,5 +120,5 @@ def run_identity(req: RunRequest, *, fetch: bool = True) -> RunIdentity:
     identity = {"resolved": resolved, "prompt": req.prompt_variant or "default", "split": req.split,
                 "model_config": config.to_dict()}
     run_id = make_run_id(req.task.name, req.task.version, model_info["name"], model_info["checkpoint_sha256"],
-                         req.regime.name, req.shots, req.seed, identity)
+                         req.regime.name, req.shots, identity_seed(req), identity)
     return RunIdentity(run_id, model_info, resolved, identity)

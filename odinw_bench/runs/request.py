@@ -84,7 +84,7 @@ def requests_from_args(args: argparse.Namespace) -> list[RunRequest]:
         if variant not in (None, "default") and variant not in task.prompt_variants:
             raise UserError(f"task '{task.name}' has no prompt variant '{variant}' "
                             f"(known: default, {', '.join(task.prompt_variants) or 'none'})", field="--prompt")
-        split = args.split or task.test_split
+        split = args.split or (task.test_split if regime.fit else task.zero_shot_split)  # GLIP: zero-shot on val
         if split not in task.splits:
             raise UserError(f"task '{task.name}' has no split '{split}'", field="--split")
         data_root = prepare_data_root(task, args.data_root)

@@ -7,10 +7,11 @@ Planning expands the grid into cells and computes each cell's run id without run
 - ``failed``: its record has status ``failed`` (or cannot be read): it is reported, and rerun only when asked;
 - ``left``: no record yet: it runs.
 
-Shots 0 is zero-shot: such cells get the ``zero-shot`` regime whatever ``regimes`` says, one per task × seed ×
-model (not one per regime: without training the regime changes nothing). They are kept per seed, although the
-seed changes nothing either, so that every shot count has the same seeds and the report aggregates zero-shot
-rows exactly like the others.
+Shots 0 is zero-shot: such cells get the ``zero-shot`` regime whatever ``regimes`` says, one per task × model
+(× its checkpoint, split and prompt), whatever ``seeds`` says: without training neither the regime nor the seed
+changes anything. The cell runs under the first seed; its run id leaves the seed out
+(:func:`odinw_bench.runs.identity.identity_seed`), so a zero-shot record written under any seed counts as done.
+The report shows such rows without ±.
 
 Example::
 
@@ -195,8 +196,9 @@ def plan_sweep(spec: GridSpec, *, fetch: bool = True) -> list[Cell]:
     for model, model_flags in _model_flags(spec):
         for shots, regimes in per_shots.items():
             for regime in regimes:
+                cell_seeds = seeds[:1] if regime == ZERO_SHOT else seeds  # one zero-shot run serves every seed
                 group = ["--task", spec.tasks, "--shots", str(shots), "--regime", regime, *model_flags,
-                         *spec.run_args, "--output", str(spec.output), "--seed", *seeds]
+                         *spec.run_args, "--output", str(spec.output), "--seed", *cell_seeds]
                 args = parse_run_args([*group, "--no-progress", *spec.overrides])
                 for req in requests_from_args(args):
                     cells.append(_make_cell(req, task_args[req.task.name], model, model_flags, spec, fetch))
@@ -231,20 +233,40 @@ def _make_cell(req: RunRequest, task_arg: str, model: str, model_flags: list[str
 
 
 def classify(cells: Sequence[Cell]) -> None:
-    """Set each cell's state from the record at its record path (the records are the source of truth)."""
+    """Set each cell's state from the record at its record path (the records are the source of truth).
+
+    A zero-shot cell is also done when a record of its run id was written under another seed (see the module
+    docstring).
+    """
     from odinw_bench.results.records import read_record
 
     for cell in cells:
         cell.state, cell.error = "left", None
-        if cell.record_path is None or not cell.record_path.is_file():
+        candidates = _record_candidates(cell)
+        if not candidates:
             continue
-        try:
-            record = read_record(cell.record_path)
-        except UserError as err:
-            cell.state, cell.error = "failed", f"unreadable record: {err}"
-            continue
-        cell.state = "done" if record["status"] == "ok" else "failed"
-        cell.error = record["error"]
+        for path in candidates:  # the first ok record wins; otherwise the cell keeps the first failure
+            try:
+                record = read_record(path)
+            except UserError as err:
+                state, error = "failed", f"unreadable record: {err}"
+            else:
+                state, error = ("done" if record["status"] == "ok" else "failed"), record["error"]
+            if cell.state == "left" or state == "done":
+                cell.state, cell.error = state, error
+            if state == "done":
+                break
+
+
+def _record_candidates(cell: Cell) -> list[Path]:
+    """Existing record files of a cell: its record path, then (zero-shot) its run id under any other seed."""
+    if cell.record_path is None:
+        return []
+    found = [cell.record_path] if cell.record_path.is_file() else []
+    if cell.regime == ZERO_SHOT and cell.run_id and cell.record_path.parent.is_dir():
+        pattern = f"k{cell.shots}_s*_{cell.run_id}.json"
+        found += sorted(p for p in cell.record_path.parent.glob(pattern) if p != cell.record_path)
+    return found
 
 
 def listing(cells: Sequence[Cell]) -> str:
