@@ -261,7 +261,19 @@ def test_zero_shot_has_no_training_data(backend, root):
     assert dm.train_sample.image_ids == [] and dm.train_records == []
     with pytest.raises(UserError, match="zero-shot"):
         dm.train_dataloader()
-    assert len(list(dm.val_dataloader())) == len(file_boxes(root, "valid"))  # evaluation still works
+    assert len(list(dm.test_dataloader())) == len(file_boxes(root, "test"))  # evaluation still works
+
+
+def test_zero_shot_reads_only_the_scored_split(backend, private_root):
+    """A zero-shot run needs only the split it scores: train and val files may be absent."""
+    for folder in ("train", "valid"):
+        for ann in (private_root / "demo" / folder).glob("*.json"):
+            ann.unlink()
+    dm = make(backend, private_root, shots=0, test_split="test")
+    assert dm.train_sample.image_ids == [] and dm.train_sample.shots == 0
+    assert len(list(dm.test_dataloader())) == len(file_boxes(private_root, "test"))
+    with pytest.raises(UserError, match="annotation file of split .train. of task .demo. not found"):
+        make(backend, private_root, shots=1)  # a fitting run does need train
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [({"sampler": "random"}, "sampler"), ({"batch_size": 0}, "batch_size"),

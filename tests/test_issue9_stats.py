@@ -382,3 +382,13 @@ def test_plot_colours_are_regimes_styles_are_models_and_zero_shot_is_a_level():
         levels = [ln for ln in panel.get_lines() if ln.get_transform() == panel.get_yaxis_transform()]
         assert len(levels) == 2
     assert [t.get_text() for t in tasks.legends[0].get_texts()] == legend
+
+
+def test_zero_shot_run_with_several_seeds_is_one_request(tmp_path):
+    """``run --shots 0 --seed 3 30 300`` evaluates once: the three results would be identical."""
+    from odinw_bench.runs.arguments import parse_run_args
+    from odinw_bench.runs.request import requests_from_args
+
+    common = ["--task", "demo", "--model", "glip-micro", "--data-root", str(tmp_path), "--seed", "3", "30", "300"]
+    assert [r.seed for r in requests_from_args(parse_run_args([*common, "--shots", "0"]))] == [3]
+    assert [r.seed for r in requests_from_args(parse_run_args([*common, "--shots", "1"]))] == [3, 30, 300]

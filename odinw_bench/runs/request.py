@@ -13,6 +13,7 @@ loaded. Example::
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from odinw_bench.tasks.spec import TaskSpec
     from odinw_bench.training.regimes import Regime
     from odinw_bench.training.run_config import RunConfig
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "glip-t"
 
@@ -52,32 +55,31 @@ class RunRequest:
         return self.model or Path(self.official_config).stem
 
 
+def requests_from_args(args: argparse.Namespace, *, check_data: bool = True) -> list[RunRequest]:
+    """Check every argument before anything runs, and expand tasks × seeds into requests.
 
-def requests_from_args(args: argparse.Namespace) -> list[RunRequest]:
-    """Check every argument before anything runs, and expand tasks × seeds into requests."""
+    A zero-shot result does not depend on the seed: one request per task, under the first seed given.
+
+    Args:
+        args: ``run``'s parsed arguments (:func:`odinw_bench.runs.arguments.parse_run_args`).
+        check_data: Check that the splits a run reads are on disk (a sweep's dry run plans without data).
+
+    Raises:
+        UserError: For the first bad argument, or missing data (naming the command that gets it).
+    """
     from odinw_bench.data.task_files import prepare_data_root, require_split_files
-    from odinw_bench.models.glip.config import get_preset
     from odinw_bench.tasks.registry import resolve_tasks
     from odinw_bench.training.regimes import get_regime
-    from odinw_bench.training.run_config import load_run_config
 
-    if args.model and not args.config:
-        try:  # an unknown name fails here, in milliseconds, not after torch is imported and data is generated
-            get_preset(args.model)
-        except UserError as err:
-            raise UserError(err.message, field="--model") from None
-    overrides = list(args.overrides)
-    for flag, key in ((args.devices, "trainer.devices"), (args.precision, "trainer.precision"),
-                      (args.wandb, "wandb.mode")):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
-    config = load_run_config(args.recipe, overrides)
-    if args.model and args.config:
-        raise UserError("give --model (a preset) or --config (an official GLIP YAML), not both", field="--config")
+    _check_model_name(args)
+    config = _run_config(args)
     model = None if args.config else (args.model or DEFAULT_MODEL)
     regime = get_regime(args.regime or ("zero-shot" if args.shots == 0 else "full"))
     if args.shots == 0 and regime.fit:
         raise UserError(f"--shots 0 is zero-shot: regime '{regime.name}' needs training data", field="--regime")
+    seeds = list(args.seed) if regime.fit else list(args.seed)[:1]
+    if len(seeds) < len(args.seed):
+        logger.info("zero-shot does not depend on the seed: one run (seed %s) stands for %s", seeds[0], args.seed)
     requests = []
     for task, suite_variant in resolve_tasks(args.task):
         variant = args.prompt or suite_variant
@@ -88,9 +90,9 @@ def requests_from_args(args: argparse.Namespace) -> list[RunRequest]:
         if split not in task.splits:
             raise UserError(f"task '{task.name}' has no split '{split}'", field="--split")
         data_root = prepare_data_root(task, args.data_root)
-        # Before any model is built or downloaded; a zero-shot run reads only the split it scores.
-        require_split_files(task, ["train", task.val_split, split] if regime.fit else [split], data_root)
-        for seed in args.seed:
+        if check_data:  # before any model is built or downloaded; a zero-shot run reads only the split it scores
+            require_split_files(task, ["train", task.val_split, split] if regime.fit else [split], data_root)
+        for seed in seeds:
             requests.append(RunRequest(
                 task=task, prompt_variant=variant, shots=args.shots, seed=seed, regime=regime, model=model,
                 checkpoint=Path(args.checkpoint) if args.checkpoint else None,
@@ -98,3 +100,28 @@ def requests_from_args(args: argparse.Namespace) -> list[RunRequest]:
                 trust_checkpoint=args.trust_checkpoint, data_root=data_root, output=Path(args.output),
                 split=split, config=config, resume=args.resume, progress=not args.no_progress))
     return requests
+
+
+def _check_model_name(args: argparse.Namespace) -> None:
+    """An unknown preset fails here, in milliseconds, not after torch is imported and data is generated."""
+    from odinw_bench.models.glip.config import get_preset
+
+    if args.model and args.config:
+        raise UserError("give --model (a preset) or --config (an official GLIP YAML), not both", field="--config")
+    if args.model:
+        try:
+            get_preset(args.model)
+        except UserError as err:
+            raise UserError(err.message, field="--model") from None
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    """The recipe with the flags that stand for recipe keys and the ``key=value`` overrides merged in."""
+    from odinw_bench.training.run_config import load_run_config
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.devices, "trainer.devices"), (args.precision, "trainer.precision"),
+                      (args.wandb, "wandb.mode")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    return load_run_config(args.recipe, overrides)

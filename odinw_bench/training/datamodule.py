@@ -305,8 +305,11 @@ class ODinWDataModule(pl.LightningDataModule):
         if self._ready:
             return
         task, root = self.task, self.data_root
-        train_full = self._load_split(task, "train", root)
         self.sampler_used = self._resolve_sampler()
+        if self.shots == 0:
+            self._setup_zero_shot()
+            return
+        train_full = self._load_split(task, "train", root)
         self.train_sample = sample_kshot(train_full, self.shots, self.seed, self.sampler_used, task=task,
                                          data_root=root, split_name="train")
         self.train_split = train_full.subset(self.train_sample.image_ids)
@@ -323,6 +326,17 @@ class ODinWDataModule(pl.LightningDataModule):
         logger.info("%s %s-shot seed %s (%s): %d training images x %d copies, %d val, %d test",
                     task.name, self.shots, self.seed, self.sampler_used, len(self.train_records),
                     self.dataset_copies, len(self.val_split_data.images), len(self.test_split_data.images))
+
+    def _setup_zero_shot(self) -> None:
+        """Zero-shot reads only the scored split: a task whose train and val files are absent still evaluates."""
+        self.test_split_data = self._load_split(self.task, self.test_split_name, self.data_root)
+        # The empty sample, described over the task's categories (every split is read with them).
+        self.train_sample = sample_kshot(self.test_split_data, 0, self.seed, self.sampler_used, split_name="train")
+        self.train_split = self.test_split_data.subset([])
+        self.val_split_data = self.test_split_data.subset([])
+        self._ready = True
+        logger.info("%s zero-shot: %d %s images", self.task.name, len(self.test_split_data.images),
+                    self.test_split_name)
 
     def _prepared_file(self, split_name: str) -> Path | None:
         """GLIP's prepared few-shot file of ``split_name`` for this (k, seed), when the task has one on disk."""
