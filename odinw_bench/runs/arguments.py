@@ -61,7 +61,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--config", default=None, help="official GLIP YAML config (instead of --model)")
     model.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a .pth file")
     parser.add_argument("--data-root", default=None, help="ODinW folder (default: $ODINW_ROOT or DATASET/odinw)")
-    parser.add_argument("--split", default=None, help="split to report (default: the task's test split; zero-shot: its zero_shot_split, val as in GLIP)")
+    parser.add_argument("--split", default=None, help="split to report (default: the task's test split; "
+                        "zero-shot: its zero_shot_split, val as in GLIP)")
     parser.add_argument("--prompt", default=None, help="prompt variant of the task, e.g. odinw_35")
     parser.add_argument("--output", default="results", help="results folder (default: results)")
     parser.add_argument("--recipe", default=None, help="recipe YAML (default: configs/glip_odinw.yaml)")
