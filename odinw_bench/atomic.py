@@ -39,8 +39,14 @@ _TEMP_NAME = re.compile(r"\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+
 
 @functools.lru_cache(maxsize=1)
 def _host() -> str:
+    """This machine's name in temp names; with its pid namespace where there is one (containers)."""
+    try:  # two containers may share a host name but not pids: a pid is only judged in its own namespace
+        namespace = re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        namespace = ""
+    host = socket.gethostname().split(".")[0] + (f"-ns{namespace}" if namespace else "")
     # Dots would make the name ambiguous to parse; other characters are not safe in every file system.
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
+    return re.sub(r"[^A-Za-z0-9-]", "-", host) or "host"
 
 
 def temp_path(path: str | Path) -> Path:
@@ -52,8 +58,8 @@ def temp_path(path: str | Path) -> Path:
 def sweep_orphan_temps(folder: str | Path) -> list[Path]:
     """Remove the temporary files in ``folder`` whose writers are gone; return the ones removed.
 
-    An orphan is a temporary file of a process of this host that no longer runs, or one unchanged for
-    :data:`STALE_AFTER_S`. Files not named like this module's temporary files are never touched.
+    An orphan is a temporary file of a process of this host (and pid namespace) that no longer runs, or one
+    unchanged for :data:`STALE_AFTER_S`. Files not named like this module's temporary files are never touched.
     """
     removed = []
     try:
@@ -62,9 +68,10 @@ def sweep_orphan_temps(folder: str | Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMP_NAME.fullmatch(entry.name)
-        if match is None or not _is_orphan(match, entry):
+        if match is None or not entry.is_file(follow_symlinks=False) or not _is_orphan(match, entry):
             continue
-        with contextlib.suppress(FileNotFoundError):  # another writer may sweep the same orphan at once
+        # Best effort: another writer may sweep the same orphan at once, or a sticky folder may forbid it.
+        with contextlib.suppress(OSError):
             os.unlink(entry.path)
             removed.append(Path(entry.path))
     return removed

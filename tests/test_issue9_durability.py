@@ -264,14 +264,17 @@ def test_temp_files_of_live_writers_are_kept_and_old_ones_of_other_hosts_go(tmp_
         os.utime(abandoned, (two_days_ago, two_days_ago))
         foreign = tmp_path / ".notes.tmp"  # not named like our temp files: never touched
         foreign.write_text("mine")
+        folder = tmp_path / ".d.json.otherhost.3.3.tmp"  # named like one, but a folder: never touched
+        folder.mkdir()
+        os.utime(folder, (two_days_ago, two_days_ago))
 
         atomic.atomic_write_text(tmp_path / "a.json", "new")
-        assert _temps(tmp_path) == sorted([live.name, elsewhere.name, foreign.name])
+        assert _temps(tmp_path) == sorted([live.name, elsewhere.name, foreign.name, folder.name])
     finally:
         sleeper.kill()
         sleeper.wait()
     atomic.atomic_write_text(tmp_path / "a.json", "newer")  # its writer is gone now
-    assert _temps(tmp_path) == sorted([elsewhere.name, foreign.name])
+    assert _temps(tmp_path) == sorted([elsewhere.name, foreign.name, folder.name])
 
 
 def _write_many(target: str, worker: int, count: int) -> None:

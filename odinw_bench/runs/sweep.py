@@ -7,6 +7,9 @@ Planning expands the grid into cells and computes each cell's run id without run
 - ``failed``: its record has status ``failed`` (or cannot be read): it is reported, and rerun only when asked;
 - ``left``: no record yet: it runs.
 
+The records are also the source of the leaderboard: before anything runs, :func:`repair_rows` restores the
+rows of records whose run was killed after writing its record (such a cell is done and would never run again).
+
 Shots 0 is zero-shot: such cells get the ``zero-shot`` regime whatever ``regimes`` says, one per task × seed ×
 model (not one per regime: without training the regime changes nothing). They are kept per seed, although the
 seed changes nothing either, so that every shot count has the same seeds and the report aggregates zero-shot
