@@ -14,7 +14,7 @@ examples:
 It is the same as:
   python -m odinw_bench run --task demo --shots 0 --model glip-micro
   python -m odinw_bench run --task demo --shots 1 --model glip-micro optim.lr=1e-3 schedule.max_epochs=10
-  python -m odinw_bench report results/demo/runs --out results/demo/leaderboard --allow-partial
+  python -m odinw_bench report results/demo/runs --out results/demo/report/ --allow-partial
 
 glip-micro starts from random weights, so the demo uses a short schedule with a higher learning rate than GLIP's
 recipe (which is for fine-tuning a pre-trained GLIP): it shows the pipeline and that fine-tuning learns, not a

@@ -15,8 +15,8 @@ HELP = "aggregate run records into leaderboard tables (text, CSV, Markdown, LaTe
 
 EPILOG = """\
 examples:
-  python -m odinw_bench report                                     # results/runs -> results/leaderboard.*
-  python -m odinw_bench report results/runs --suite odinw13 --out results/leaderboard
+  python -m odinw_bench report                                     # results/runs -> results/report/leaderboard.*
+  python -m odinw_bench report results/runs --suite odinw13 --out results/report/odinw13
   python -m odinw_bench report results/runs/aquarium --allow-partial --metric AP50 --out /tmp/aquarium/
   python -m odinw_bench report run1.json run2.json --seeds 3,30,300
   python -m odinw_bench report results/runs --suite odinw13 --plots --per-category --formats md,tex
@@ -32,6 +32,8 @@ P_efficiency_tasks.png (one panel per task). Published numbers (zero-shot rows o
 glip-l; shown whenever they apply, --compare insists): P_compare.{csv,md,tex}, with the split and prompt of
 each reference next to ours. For a folder (existing, or ending in /) the files are leaderboard.csv,
 leaderboard.md, leaderboard.tex, summary.csv, runs.csv, sources.txt, compare.csv, efficiency.png, ... inside it.
+A report replaces only files a report wrote (listed in .odinw_report_files.json of their folder): --out pointing
+at the run leaderboard (<output>/leaderboard.csv, appended by run and sweep) or at any other file is refused.
 --wandb offline|online: the tables and plots also go to a W&B run of job type "report" (in the folder of --out);
 a W&B failure is a warning, never an error.
 """
@@ -55,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default=None, help="comma list of seeds every cell must have (default: all seen)")
     parser.add_argument(
         "--out",
-        default="results/leaderboard",
-        help="output folder or path prefix for the CSV and Markdown files (default: results/leaderboard)",
+        default="results/report/",
+        help="output folder (existing, or ending in /) or path prefix for the report files (default: "
+        "results/report/)",
     )
     parser.add_argument("--allow-partial", action="store_true", help="report an incomplete grid, marking its cells")
     parser.add_argument("--formats", default="csv,md,tex",

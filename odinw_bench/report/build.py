@@ -10,6 +10,7 @@ The pieces live in their own modules; this one assembles them into the files one
 - :mod:`odinw_bench.report.published`: published numbers (zero-shot, few-shot and full data, per regime) and the
   comparison with our rows.
 - :mod:`odinw_bench.report.wandb_upload`: tables and plots to a W&B run of job type ``report``.
+- :mod:`odinw_bench.report.ownership`: a report replaces only files a report wrote (never the run leaderboard).
 
 Example::
 
@@ -40,6 +41,7 @@ from odinw_bench.report.formats import (
     latex_escape,
     latex_table,
     markdown_table,
+    output_paths,
     path_namer,
     summary_frame,
     text_table,
@@ -50,6 +52,7 @@ from odinw_bench.report.grid import (
     Report,
     used_run_ids,
 )  # fmt: skip
+from odinw_bench.report.ownership import check_overwrites, remember_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +128,10 @@ def produce(rep: Report, out: str | Path | None, *, formats: Sequence[str] = FOR
         references: Published numbers to use (default: the shipped files).
         wandb: ``off``, ``offline`` or ``online``; tables and plots go to a W&B run of job type ``report``.
         wandb_dir: Folder for the W&B run (default: the folder of ``out``).
+
+    Raises:
+        UserError: Before any file is written, if one to be replaced is not a report's own
+            (:mod:`odinw_bench.report.ownership`), e.g. the run leaderboard that ``run`` appends to.
     """
     formats = check_formats(formats)
     result = ReportOutputs(text=format_table(rep))
@@ -133,6 +140,43 @@ def produce(rep: Report, out: str | Path | None, *, formats: Sequence[str] = FOR
         result.text += "\n" + comparison_text(result.comparison)
     if out is None:
         return result
+    if per_category:
+        from odinw_bench.report.categories import category_tables
+
+        result.categories = category_tables(rep)
+    check_overwrites(planned_paths(out, formats, compare=result.comparison is not None, plots=plots,
+                                   category_tasks=[t.task for t in result.categories]))
+    try:
+        _write_files(rep, result, out, formats, plots=plots, per_category=per_category)
+    finally:  # also what was written before a failure: the next report may replace it
+        remember_outputs(result.paths.values())
+    if wandb != "off":
+        result.wandb_dir = _push(rep, result, wandb, wandb_dir or result.paths["sources"].parent)
+    return result
+
+
+def planned_paths(out: str | Path, formats: Sequence[str], *, compare: bool = False, plots: bool = False,
+                  category_tasks: Sequence[str] = ()) -> list[Path]:
+    """Every file :func:`produce` writes for these options (checked before writing, so it lists them all)."""
+    name = path_namer(out)
+    tables = output_paths(out)
+    paths = [tables[key] for key, fmt in (("wide", "csv"), ("long", "csv"), ("runs", "csv"), ("markdown", "md"),
+                                          ("latex", "tex")) if fmt in formats]  # fmt: skip
+    paths.append(tables["sources"])
+    if compare:
+        paths += [name("compare", f".{fmt}") for fmt in formats]
+    if "csv" in formats:
+        paths += [name(f"per_category_{task}", ".csv") for task in category_tasks]
+    if "md" in formats and category_tasks:
+        paths.append(name("per_category", ".md"))
+    if plots:
+        paths += [name("efficiency", ".png"), name("efficiency_tasks", ".png")]
+    return paths
+
+
+def _write_files(rep: Report, result: ReportOutputs, out: str | Path, formats: Sequence[str], *, plots: bool,
+                 per_category: bool) -> None:
+    """Write the tables, comparison, per-category tables and plots, adding each file to ``result.paths``."""
     result.paths.update(write_report(rep, out, formats))
     name = path_namer(out)
     if result.comparison is not None:
@@ -141,18 +185,14 @@ def produce(rep: Report, out: str | Path | None, *, formats: Sequence[str] = FOR
         for fmt in formats:
             result.paths[f"compare_{fmt}"] = atomic_write_text(name("compare", f".{fmt}"), writers[fmt]())
     if per_category:
-        from odinw_bench.report.categories import category_tables, write_category_tables
+        from odinw_bench.report.categories import write_category_tables
 
-        result.categories = category_tables(rep)
         result.paths.update(write_category_tables(result.categories, rep, out, formats))
     if plots:
         from odinw_bench.report.plots import write_plots
 
         plot_paths, result.efficiency = write_plots(rep, out)
         result.paths.update(plot_paths)
-    if wandb != "off":
-        result.wandb_dir = _push(rep, result, wandb, wandb_dir or result.paths["sources"].parent)
-    return result
 
 
 def _push(rep: Report, result: ReportOutputs, mode: str, save_dir: str | Path) -> Path | None:

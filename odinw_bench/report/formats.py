@@ -10,7 +10,7 @@ Example::
 
     rep = build_report(records, tasks=["aquarium", "pothole"], suite="mine")
     print(report_formats.format_table(rep))
-    report_formats.write_report(rep, "results/leaderboard", formats=("csv", "md", "tex"))
+    report_formats.write_report(rep, "results/report/odinw13", formats=("csv", "md", "tex"))
 """
 
 from __future__ import annotations

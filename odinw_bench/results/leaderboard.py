@@ -3,7 +3,8 @@
 The run records (:mod:`odinw_bench.results.records`) stay the source of truth; this file is a convenient flat view of
 them that a spreadsheet or ``pandas.read_csv`` opens directly. Writers serialise on a lock file, a row is
 appended with one complete ``write``, a rerun of the same ``run_id`` replaces its row, and a torn last line left
-by a crash is dropped rather than extended.
+by a crash is dropped rather than extended. :func:`repair_leaderboard` derives the rows again from the records
+(``run`` and ``sweep`` call it), so a run killed between its record and its row loses nothing.
 
 Example::
 
@@ -11,6 +12,7 @@ Example::
 
     record = records.read_record("results/runs/aquarium/glip-t/prompt_tuning/k1_s3_0123456789ab.json")
     leaderboard.append_leaderboard_row("results/leaderboard.csv", record)
+    leaderboard.repair_leaderboard("results/leaderboard.csv", "results/runs")  # rows of every ok record
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from odinw_bench.errors import UserError
 from odinw_bench.results.records import (
     COCO_METRICS,
     SELECT_VAL_AP,
+    read_record,
     to_plain,
     validate_record,
 )
@@ -95,20 +98,82 @@ def append_leaderboard_row(csv_path: str | Path, record: Mapping[str, Any]) -> P
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     row = leaderboard_row(validate_record(to_plain(record)))
-    line = _csv_line(row.values())
     with FileLock(f"{csv_path}.lock"):
-        lines = _read_leaderboard_lines(csv_path)
-        if not lines:
-            _append(csv_path, _csv_line(LEADERBOARD_COLUMNS) + line, truncate=True)
-            return csv_path
-        ids = [next(csv.reader([ln]), [""])[0] for ln in lines[1:]]
-        if row["run_id"] in ids:
-            index = 1 + ids.index(row["run_id"])
-            lines = lines[:index] + [line] + [ln for ln in lines[index + 1 :] if not ln.startswith(f"{row['run_id']},")]
-            atomic_write_text(csv_path, "".join(lines))
-        else:
-            _append(csv_path, line)
+        _merge_rows(csv_path, {row["run_id"]: _csv_line(row.values())})
     return csv_path
+
+
+def repair_leaderboard(csv_path: str | Path, records_dir: str | Path) -> list[str]:
+    """Give every ok run record under ``records_dir`` its current row in the leaderboard; return the run ids fixed.
+
+    The records are the source of truth and the leaderboard is derived from them: a row lost to a kill between
+    writing a record and appending its row, or left stale by a rerun killed at that point, comes back here
+    (replaced by run id, like :func:`append_leaderboard_row`). Rows without a record are kept; failed runs get
+    no row; records that do not validate are skipped (``sweep`` reports them).
+
+    Raises:
+        UserError: If the existing file has different columns (written by another schema version).
+    """
+    from filelock import FileLock
+
+    csv_path, records_dir = Path(csv_path), Path(records_dir)
+    if not records_dir.is_dir():
+        return []  # no records, nothing to derive: create no file
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{csv_path}.lock"):
+        # Read under the lock: a writer replaces its record before it takes the lock for its row, so no stale
+        # copy read here can overwrite the row of a newer record.
+        return _merge_rows(csv_path, _record_lines(records_dir))
+
+
+def _record_lines(records_dir: Path) -> dict[str, str]:
+    """run_id -> leaderboard line of each readable ok record under ``records_dir`` (sorted by path)."""
+    lines: dict[str, str] = {}
+    for path in sorted(records_dir.rglob("*.json")):
+        if path.name.startswith(".") or path.name.endswith("_predictions.json"):
+            continue
+        try:
+            record = read_record(path)
+        except UserError as err:
+            logger.debug("leaderboard repair skips %s: %s", path, err)
+            continue
+        if record["status"] == "ok":
+            row = leaderboard_row(record)
+            lines[row["run_id"]] = _csv_line(row.values())
+    return lines
+
+
+def _merge_rows(csv_path: Path, wanted: Mapping[str, str]) -> list[str]:
+    """Put each run_id's line in the file (append, or replace a different one); the caller holds the lock.
+
+    Returns:
+        The run ids whose line was added or replaced.
+    """
+    if not wanted:
+        return []
+    lines = _read_leaderboard_lines(csv_path)
+    if not lines:
+        _append(csv_path, _csv_line(LEADERBOARD_COLUMNS) + "".join(wanted.values()), truncate=True)
+        return list(wanted)
+    rows = lines[1:]
+    ids = [next(csv.reader([ln]), [""])[0] for ln in rows]
+    first = {run_id: rows[i] for i, run_id in reversed(list(enumerate(ids)))}  # run_id -> its first line
+    stale = {run_id for run_id, line in wanted.items() if run_id in first and first[run_id] != line}
+    missing = [run_id for run_id in wanted if run_id not in first]
+    if stale:
+        # The first row of a run id takes its new line, later duplicates go; one atomic rewrite for all.
+        kept, seen = [], set()
+        for run_id, line in zip(ids, rows):
+            if run_id in stale:
+                if run_id in seen:
+                    continue
+                seen.add(run_id)
+                line = wanted[run_id]
+            kept.append(line)
+        atomic_write_text(csv_path, "".join([lines[0], *kept, *(wanted[i] for i in missing)]))
+    elif missing:
+        _append(csv_path, "".join(wanted[i] for i in missing))
+    return [i for i in wanted if i in stale or i in missing]
 
 
 def _read_leaderboard_lines(csv_path: Path) -> list[str]:
@@ -135,7 +200,7 @@ def _read_leaderboard_lines(csv_path: Path) -> list[str]:
 def _append(csv_path: Path, text: str, *, truncate: bool = False) -> None:
     data = text.encode("utf-8")
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
-    fd = os.open(csv_path, flags, 0o644)
+    fd = os.open(csv_path, flags, 0o666)  # the umask decides, as for open()
     try:
         written = os.write(fd, data)
         if written != len(data):  # regular files write fully; a short write means the disk is full

@@ -194,7 +194,7 @@ def _wandb_logger(req: RunRequest, ctx: dict) -> Any:
 
 def _save(req, backend, dm, ctx, result, predictions, params, timings, fit_info) -> RunOutcome:
     from odinw_bench.results.evaluation import write_predictions
-    from odinw_bench.results.leaderboard import append_leaderboard_row
+    from odinw_bench.results.leaderboard import repair_leaderboard
     from odinw_bench.results.records import SELECT_VAL_AP, record_path, write_record
 
     metrics = dict(result.metrics)
@@ -206,7 +206,9 @@ def _save(req, backend, dm, ctx, result, predictions, params, timings, fit_info)
     predictions_path = path.with_name(path.stem + "_predictions.json")
     write_predictions(predictions_path, predictions)
     write_record(path, record)
-    append_leaderboard_row(req.output / "leaderboard.csv", record)
+    # The row is derived from the records on disk: this run's row, and any row that a run killed between its
+    # record and its row lost (a kill right here loses nothing for good: the next run or sweep restores it).
+    repair_leaderboard(req.output / "leaderboard.csv", req.output / "runs")
     _log_wandb_final(req, ctx, dm, result, predictions)
     return RunOutcome(record, path, predictions_path)
 

@@ -7,6 +7,9 @@ Planning expands the grid into cells and computes each cell's run id without run
 - ``failed``: its record has status ``failed`` (or cannot be read): it is reported, and rerun only when asked;
 - ``left``: no record yet: it runs.
 
+The records are also the source of the leaderboard: before anything runs, :func:`repair_rows` restores the
+rows of records whose run was killed after writing its record (such a cell is done and would never run again).
+
 Shots 0 is zero-shot: such cells get the ``zero-shot`` regime whatever ``regimes`` says, one per task × model
 (× its checkpoint, split and prompt), whatever ``seeds`` says: without training neither the regime nor the seed
 changes anything. The cell runs under the first seed; its run id leaves the seed out
@@ -351,6 +354,8 @@ def run_sweep(cells: list[Cell], launcher: Launcher, out: Callable[[str], Any], 
 
     retried = "failed ones retried" if retry_failed else f"{summary.skipped_failed} failed before left alone"
     out(f"sweep: {len(cells)} cells, {len(todo)} to run, {summary.skipped_done} already done, {retried}")
+    for csv_path, run_ids in repair_rows(cells).items():
+        out(f"{csv_path}: restored {len(run_ids)} row(s) from their records (a run was stopped before its row)")
     try:
         if todo:
             launcher.launch([c.argv for c in todo], cell_fn or run_cell, on_finish)
@@ -361,6 +366,20 @@ def run_sweep(cells: list[Cell], launcher: Launcher, out: Callable[[str], Any], 
         raise
     _reclassify(cells, summary)
     return summary
+
+
+def repair_rows(cells: Sequence[Cell]) -> dict[Path, list[str]]:
+    """Restore the leaderboard rows of the records in the cells' output folders; return the run ids per file.
+
+    A cell counts as done from its record alone, so a run killed after its record but before its row would
+    otherwise never get the row: the rows are derived from the records again before anything runs.
+    """
+    from odinw_bench.results.leaderboard import repair_leaderboard
+
+    # record_path is <output>/runs/<task>/<model>/<regime>/<file> (results.records.record_path).
+    outputs = dict.fromkeys(c.record_path.parents[4] for c in cells if c.record_path is not None)
+    repaired = {out / "leaderboard.csv": repair_leaderboard(out / "leaderboard.csv", out / "runs") for out in outputs}
+    return {path: run_ids for path, run_ids in repaired.items() if run_ids}
 
 
 def _reclassify(cells: Sequence[Cell], summary: SweepSummary) -> None:
