@@ -30,7 +30,7 @@ examples:
   python -m odinw_bench download --suite odinw13 --data-root DATASET/odinw
   python -m odinw_bench validate --task aquarium --data-root DATASET/odinw
   python -m odinw_bench evaluate --task aquarium --split test --predictions preds.json
-  python -m odinw_bench report results/runs --out results/leaderboard
+  python -m odinw_bench report results/runs --suite odinw13 --out results/report/odinw13
   python -m odinw_bench demo                                   # offline: zero-shot + 1-shot on synthetic data
 """
 

@@ -20,7 +20,7 @@ examples:
   python -m odinw_bench report results/runs/aquarium --allow-partial --metric AP50 --out /tmp/aquarium/
   python -m odinw_bench report run1.json run2.json --seeds 3,30,300
   python -m odinw_bench report results/runs --suite odinw13 --plots --per-category --formats md,tex
-  python -m odinw_bench report results/runs --suite odinw13 --compare        # next to published zero-shot AP
+  python -m odinw_bench report results/runs --suite odinw13 --compare        # next to the GLIP paper's numbers
   python -m odinw_bench report results/runs --suite odinw13 --plots --wandb offline
 
 Cells show mean ± sample std over seeds (AP x 100); the suite column is the mean of the task means.
@@ -28,9 +28,10 @@ An incomplete grid is refused (the missing cells are listed) unless --allow-part
 Files written for --out P: P.csv (wide), P_summary.csv (long, with 95% CI), P_runs.csv (one row per run) [csv];
 P.md [md]; P.tex (booktabs; needs the booktabs package) [tex]; always P_sources.txt (every run record used).
 --per-category: P_per_category_<task>.csv, P_per_category.md. --plots: P_efficiency.png (suite average),
-P_efficiency_tasks.png (one panel per task). Published numbers (zero-shot rows of glip-t-a/-b/-c, glip-t,
-glip-l; shown whenever they apply, --compare insists): P_compare.{csv,md,tex}, with the split and prompt of
-each reference next to ours. For a folder (existing, or ending in /) the files are leaderboard.csv,
+P_efficiency_tasks.png (one panel per task). Published numbers (the GLIP paper's Tables 11-15 for
+glip-t and glip-l: zero-shot, 1/3/5/10-shot and full data under full, prompt and linear-probe; the zero-shot rows of
+glip-t-a/-b/-c from GLIP's README and mmdetection; shown whenever they apply, --compare insists):
+P_compare.{csv,md,tex}, with the split, prompt and protocol differences of each reference next to ours. For a folder (existing, or ending in /) the files are leaderboard.csv,
 leaderboard.md, leaderboard.tex, summary.csv, runs.csv, sources.txt, compare.csv, efficiency.png, ... inside it.
 A report replaces only files a report wrote (listed in .odinw_report_files.json of their folder): --out pointing
 at the run leaderboard (<output>/leaderboard.csv, appended by run and sweep) or at any other file is refused.
@@ -67,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plots", action="store_true", help="write data-efficiency plots (AP vs shots, PNG)")
     parser.add_argument("--per-category", action="store_true", help="write per-category AP tables per task")
     parser.add_argument("--compare", action="store_true",
-                        help="compare zero-shot rows with published numbers (default: whenever some apply)")
+                        help="compare rows with published numbers (default: whenever some apply)")
     parser.add_argument("--wandb", choices=("off", "offline", "online"), default="off",
                         help="also push tables and plots to a W&B run of job type 'report' (default: off)")
 

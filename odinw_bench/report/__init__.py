@@ -7,6 +7,7 @@ Holds:
     categories: per-category AP tables.
     published: published numbers shipped as data files, and the comparison with ours.
     wandb_upload: a copy of the report in W&B.
+    ownership: a report replaces only files a report wrote (never the run leaderboard).
     build: assembling all of the above into the files one ``report`` command writes.
 
 May import: every package below the CLI (``runs``, ``training``, ``results``, ``tasks``, ...); never ``commands``
