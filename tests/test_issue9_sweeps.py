@@ -4,7 +4,6 @@ one history entry per epoch; evaluate's predictions as a run record in the repor
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import pytest
@@ -62,24 +61,52 @@ def test_a_fit_logs_one_line_and_one_history_entry_per_epoch_without_lightning_a
     assert "Tip:" not in out
 
 
+
+def test_peak_gpu_memory_comes_from_cuda_where_it_is_used(monkeypatch):
+    import torch
+
+    from odinw_bench.training import monitoring
+
+    resets: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a, **k: resets.append(1))
+    monitoring.reset_peak_gpu_memory()
+    assert resets == [1] and monitoring.peak_gpu_memory_bytes() == 3 * 2**30
+    entry = {"epoch": 4, "loss": 0.5, "lr": 1e-4, "val_AP": None, "elapsed_s": 12.0}
+    line = monitoring.format_epoch({**entry, "peak_gpu_memory_bytes": 3 * 2**30}, max_epochs=10)
+    assert line.startswith("epoch 4/9 ") and "val AP -" in line and "GPU peak 3.0 GiB" in line
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # CUDA present but this run never used it
+    assert monitoring.peak_gpu_memory_bytes() is None and "GPU" not in monitoring.format_epoch(entry)
+
 # ------------------------------------------------------------------------------------------------ item 16
 def _cell(task: str = "demo", seed: int = 3) -> list[str]:
     return ["--task", task, "--shots", "1", "--seed", str(seed), "--model", "glip-micro", "--no-progress"]
 
 
 def _fake_cell(argv: list[str]) -> dict:
-    """A cell that only notes that it ran (in the file named by --output); with --wait-for it waits for that file."""
+    """A cell that notes that it ran (a JSON line with its pid and argv in the file named by --output); with
+    --wait-for FILE it then waits for that file, unless it runs with --resume."""
+    import json
+    import os
     import time
 
     log = Path(argv[argv.index("--output") + 1])
     with open(log, "a") as handle:
-        handle.write(" ".join(argv) + "\n")
+        handle.write(json.dumps({"pid": os.getpid(), "argv": argv}) + "\n")
     if "--wait-for" in argv and "--resume" not in argv:
         marker = Path(argv[argv.index("--wait-for") + 1])
         deadline = time.time() + 120
         while not marker.exists() and time.time() < deadline:
             time.sleep(0.2)
     return {"status": "ok", "run_id": None, "error": None, "record": None, "argv": argv}
+
+
+def _calls(log: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 @pytest.fixture
@@ -95,7 +122,11 @@ def by_value():
     cloudpickle.unregister_pickle_by_value(module)
 
 
-def test_a_timed_out_job_is_requeued_and_its_cell_resumes(tmp_path, by_value):
+def test_a_preempted_job_is_requeued_and_its_cell_resumes(tmp_path, by_value):
+    import os
+    import signal
+    import time
+
     import submitit
 
     from odinw_bench.runs.launchers import CellJob
@@ -106,14 +137,17 @@ def test_a_timed_out_job_is_requeued_and_its_cell_resumes(tmp_path, by_value):
     assert resubmitted.function.argv == [*argv, "--resume"] and resubmitted.function.cell_fn is _fake_cell
     assert resubmitted.function.checkpoint().function.argv.count("--resume") == 1
 
-    # submitit's local executor sends the timeout signal 4 s before its 9 s limit, as SLURM does before its limit.
+    # submitit's local executor requeues a job as SLURM does; USR2 is the signal SLURM sends before preempting.
     executor = submitit.LocalExecutor(tmp_path / "jobs", max_num_timeout=1)
-    executor.update_parameters(timeout_min=9 / 60, signal_delay_s=5)
+    executor.update_parameters(timeout_min=10)
     job = executor.submit(CellJob(argv, _fake_cell))
+    deadline = time.time() + 120
+    while not _calls(log) and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(_calls(log)[0]["pid"], signal.SIGUSR2)
     result = job.result()
-    assert result["status"] == "ok" and result["argv"][-1] == "--resume"
-    calls = log.read_text().splitlines()
-    assert len(calls) == 2 and "--resume" not in calls[0] and calls[1].endswith("--resume")
+    assert result["status"] == "ok" and result["argv"] == [*argv, "--resume"]
+    assert [call["argv"] for call in _calls(log)] == [argv, [*argv, "--resume"]]
 
 
 FAKE_SBATCH = """#!/bin/bash
@@ -189,7 +223,6 @@ def test_slurm_options_reach_the_job_script_and_pending_jobs_are_not_submitted_t
 
 def test_a_rerun_waits_for_a_local_job_still_running_and_forgets_jobs_that_ended(tmp_path, by_value):
     import json
-    import threading
 
     from odinw_bench.runs.launchers import SubmititLauncher
 
@@ -201,17 +234,17 @@ def test_a_rerun_waits_for_a_local_job_still_running_and_forgets_jobs_that_ended
     assert len(json.loads(jobs_file.read_text())["jobs"]) == 1
 
     rerun = SubmititLauncher("local", tmp_path / "logs", jobs_file=jobs_file, poll_s=0.2)
-    seen: dict[int, list[str]] = {}
+    still_recorded: dict[int, list[str]] = {}
 
     def on_finish(index: int, result: dict) -> None:
         left = json.loads(jobs_file.read_text())["jobs"] if jobs_file.exists() else {}
-        seen[index] = sorted(e["argv"][5] for e in left.values())  # the seeds of the jobs still recorded
+        still_recorded[index] = sorted(entry["argv"][5] for entry in left.values())  # their seeds
+        marker.touch()  # the first sweep's job may finish now
 
-    threading.Timer(6.0, marker.touch).start()
     results = rerun.launch(cells, _fake_cell, on_finish)
     assert [results[i]["status"] for i in range(2)] == ["ok", "ok"]
-    assert seen == {1: ["3"], 0: []}  # seed 30 finished first; seed 3 was waited for, not run again
-    assert sorted(line.split()[5] for line in log.read_text().splitlines()) == ["3", "30"]
+    assert still_recorded == {1: ["3"], 0: []}  # seed 30 ran; seed 3 was waited for, not submitted again
+    assert sorted(call["argv"][5] for call in _calls(log)) == ["3", "30"]
     assert not jobs_file.exists()
 
 
@@ -243,7 +276,12 @@ def test_sweep_accepts_no_progress(tmp_path, data_root, capsys):
 
 
 def test_report_folders_may_hold_a_sweep_jobs_file(tmp_path):
-    from odinw_bench.results.records import iter_records, make_record, record_path, write_record
+    from odinw_bench.results.records import (
+        iter_records,
+        make_record,
+        record_path,
+        write_record,
+    )
 
     record = make_record(
         run_id="abc", task={"name": "demo", "version": 1, "sha256": None, "display_name": "Demo"}, split="test",

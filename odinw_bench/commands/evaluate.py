@@ -16,7 +16,7 @@ examples:
   python -m odinw_bench evaluate --task aquarium --predictions preds.json --data-root DATASET/odinw --json
   python -m odinw_bench evaluate --task my_task.yaml --split val --predictions preds.json --output scores.json
   python -m odinw_bench evaluate --task aquarium --predictions preds.json --model-name my-detector   # + a run record
-  python -m odinw_bench evaluate --task aquarium --predictions p.json --model-name my-detector --regime full \
+  python -m odinw_bench evaluate --task aquarium --predictions p.json --model-name my-detector --regime full \\
       --shots 5 --seed 30 --results results
 
 The predictions file is a JSON list of COCO results: {"image_id", "category_id", "bbox": [x, y, w, h], "score"},
