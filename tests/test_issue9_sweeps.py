@@ -268,11 +268,21 @@ def test_bad_slurm_options_are_one_clear_error(tmp_path, fake_slurm, capsys, opt
     assert len(err.strip().splitlines()) == 1 and option in err and repr(value) in err
 
 
-def test_sweep_accepts_no_progress(tmp_path, data_root, capsys):
-    argv = ["sweep", "--tasks", "demo", "--shots", "0", "--seeds", "3", "--models", "glip-micro", "--data-root",
+def test_sweep_accepts_no_progress_and_a_dry_run_names_submitted_jobs(tmp_path, data_root, capsys):
+    from odinw_bench.cli import build_parser
+    from odinw_bench.commands.sweep import grid_spec
+    from odinw_bench.runs.submitted import SubmittedJobs, cell_key, job_entry
+    from odinw_bench.runs.sweep import plan_sweep
+
+    argv = ["sweep", "--tasks", "demo", "--shots", "0", "--seeds", "3,30", "--models", "glip-micro", "--data-root",
             str(data_root), "--output", str(tmp_path), "--dry-run", "--no-progress"]
     assert main(argv) == 0
-    assert "1 cells: 0 done, 0 failed, 1 left" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 cells: 0 done, 0 failed, 2 left" in out and "submitted" not in out
+    cell = plan_sweep(grid_spec(build_parser().parse_args(argv)), fetch=False)[1]
+    SubmittedJobs(tmp_path / "sweep_jobs.json").add({cell_key(cell.argv): job_entry("77_1", "slurm", "x", cell.argv)})
+    assert main(argv) == 0
+    assert "1 of the cells not done have jobs submitted by an earlier sweep (77_1;" in capsys.readouterr().out
 
 
 def test_report_folders_may_hold_a_sweep_jobs_file(tmp_path):

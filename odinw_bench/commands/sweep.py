@@ -165,6 +165,8 @@ def _slurm_mem(text: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from odinw_bench.runs.sweep import listing, plan_sweep, run_sweep
 
     spec = grid_spec(args)
@@ -174,12 +176,25 @@ def run(args: argparse.Namespace) -> int:
         print(listing(cells))
         n = {s: sum(c.state == s for c in cells) for s in ("done", "failed", "left")}
         print(f"{len(cells)} cells: {n['done']} done, {n['failed']} failed, {n['left']} left (dry run: nothing ran)")
+        _print_submitted(cells, Path(args.output))
         return 0
     summary = run_sweep(cells, launcher, lambda line: print(line, flush=True), retry_failed=args.retry_failed)
     print(summary.text())
     if summary.counts["done"]:
         _print_table(cells, spec)
     return 0 if summary.ok else 1
+
+
+def _print_submitted(cells, output) -> None:
+    """Cells not done whose job an earlier sweep submitted (without asking the scheduler whether it still runs)."""
+    from odinw_bench.runs.submitted import JOBS_FILE, SubmittedJobs, cell_key
+
+    jobs = SubmittedJobs(output / JOBS_FILE)
+    recorded = jobs.read()
+    ids = [recorded[key]["job_id"] for key in (cell_key(c.argv) for c in cells if c.state != "done") if key in recorded]
+    if ids:
+        print(f"{len(ids)} of the cells not done have jobs submitted by an earlier sweep ({', '.join(ids)}; see "
+              f"{jobs.path}): a rerun waits for those still queued or running instead of submitting them again")
 
 
 def _print_table(cells, spec) -> None:
