@@ -127,3 +127,72 @@ def test_bad_split_and_malformed_file_exit_2(dataset, capsys, tmp_path):
     broken.write_text("[{")
     assert main(evaluate_args(dataset, broken)) == 2
     assert "malformed JSON" in capsys.readouterr().err
+
+
+def _run_record(model: str, ap: float) -> dict:
+    """A zero-shot run record of ``model`` on the tiny task (as ``run`` would write it)."""
+    from odinw_bench.results.records import make_record
+
+    return make_record(
+        run_id=f"run-{model}", task={"name": "tiny", "version": 1, "sha256": None, "display_name": "Tiny"},
+        split="test", prompt={"variant": "default", "captions": ["fish. shark"]}, shots=0, seed=3,
+        regime="zero-shot", model={"name": model, "checkpoint": "x.pth", "checkpoint_sha256": "ab" * 32},
+        sample={"sampler": "none", "train_ids": [], "train_ids_hash": None, "train_count": 0, "val_ids": None,
+                "val_ids_hash": None, "val_count": None, "shortfall": {}},
+        config={}, metrics={"AP": ap})
+
+
+def test_model_name_writes_a_run_record_that_report_tables_beside_runs(dataset, capsys):
+    import csv
+    import hashlib
+
+    from odinw_bench.results.records import read_record, record_path, write_record
+
+    results, preds = dataset["tmp"] / "results", dataset["tmp"] / "preds.json"
+    write_predictions(preds, dataset["gt"], drop_shark=True)
+    assert main(evaluate_args(dataset, preds, "--model-name", "my-detector", "--results", str(results))) == 0
+    err = capsys.readouterr().err
+    (path,) = [p for p in results.glob("runs/**/*.json") if not p.stem.endswith("_predictions")]
+    record = read_record(path)
+    assert str(path) in err
+    assert record["model"] == {"name": "my-detector", "checkpoint": None, "checkpoint_sha256": None}
+    assert record["source"] == {"kind": "predictions_file", "path": str(preds.resolve()),
+                                "sha256": hashlib.sha256(preds.read_bytes()).hexdigest()}
+    assert (record["regime"], record["shots"], record["seed"], record["split"]) == ("zero-shot", 0, 3, "test")
+    assert record["metrics"]["AP-fish"] == pytest.approx(1.0) and record["metrics"]["AP-shark"] == 0.0
+    assert json.loads(path.with_name(path.stem + "_predictions.json").read_text()) == json.loads(preds.read_text())
+
+    # Corrected predictions replace the record of the same cell and seed (a duplicate would be refused by report).
+    write_predictions(preds, dataset["gt"])
+    assert main(evaluate_args(dataset, preds, "--model-name", "my-detector", "--results", str(results))) == 0
+    assert "replaced" in capsys.readouterr().err
+    (again,) = [p for p in results.glob("runs/**/*.json") if not p.stem.endswith("_predictions")]
+    assert again == path and read_record(path)["metrics"]["AP"] == pytest.approx(1.0)
+    with open(results / "leaderboard.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["model"] == "my-detector" and row["sampler"] == "external"
+
+    run = _run_record("glip-t", 0.25)
+    write_record(record_path(results, run), run)
+    out = dataset["tmp"] / "report" / "tiny"
+    assert main(["report", str(results / "runs"), "--out", str(out), "--formats", "csv"]) == 0
+    table = capsys.readouterr().out
+    lines = {name: next(line for line in table.splitlines() if name in line) for name in ("my-detector", "glip-t")}
+    assert "100.0" in lines["my-detector"] and "25.0" in lines["glip-t"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--regime", "full"], "only with --model-name"),
+    (["--model-name", "m", "--shots", "5", "--regime", "zero-shot"], "zero-shot means shots 0"),
+    (["--model-name", "m", "--shots", "x"], "--shots"),
+    (["--model-name", "m", "--seed", "x"], "--seed"),
+    (["--model-name", "m", "--regime", "lineer-probe"], "linear-probe"),
+    (["--model-name", "m", "--prompt", "odinw_35"], "no prompt variant"),
+])
+def test_bad_record_options_exit_2_and_write_nothing(dataset, capsys, extra, message):
+    preds = write_predictions(dataset["tmp"] / "preds.json", dataset["gt"])
+    results = dataset["tmp"] / "results"
+    assert main(evaluate_args(dataset, preds, "--results", str(results), *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not results.exists()

@@ -101,6 +101,9 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_result(tmp_path, data_ro
     assert resumed["status"] == "ok" and resumed["run_id"] == uninterrupted["run_id"]
     assert resumed["metrics"] == uninterrupted["metrics"]
     assert resumed["config"]["fit"]["epochs"] == uninterrupted["config"]["fit"]["epochs"]
+    # The epoch before the crash stays in the history (it is saved with last.ckpt), and the resumed run adds the next.
+    assert [e["epoch"] for e in resumed["history"]] == [e["epoch"] for e in uninterrupted["history"]] == [0, 1]
+    assert [e["val_AP"] for e in resumed["history"]] == [e["val_AP"] for e in uninterrupted["history"]]
     assert len(_rows(tmp_path / "resumed")) == 1
 
 

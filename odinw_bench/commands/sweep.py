@@ -15,11 +15,17 @@ examples:
   python -m odinw_bench sweep --suite odinw13 --retry-failed                       # rerun the failed cells too
   python -m odinw_bench sweep --suite odinw13 --models glip-t,glip-l --launcher slurm --slurm-partition gpu \\
       --slurm-time 720 --slurm-gpus-per-job 1 --slurm-array-parallelism 32
+  python -m odinw_bench sweep --suite odinw13 --launcher slurm --slurm-account lab --slurm-qos normal \\
+      --slurm-mem 64G --slurm-constraint a100 --slurm-option mail-type=END --slurm-setup 'module load cuda'
 
 Each cell is one `run` (same options, same records). A cell whose record (status ok) already exists under
 --output is skipped, so rerunning the same command after a crash runs only what is missing. Failed cells are
 reported and rerun only with --retry-failed. Shots 0 cells are zero-shot (one per task x seed x model, whatever
 --regimes says). When cells finish, `python -m odinw_bench report <output>/runs` makes the tables.
+
+On SLURM a job that times out or is preempted is requeued and resumes from its last checkpoint. Submitted jobs
+are listed in <output>/sweep_jobs.json until they end, so a rerun waits for cells still queued or running
+instead of submitting them twice. Cells print one line per epoch into their logs (<output>/slurm/*_log.out).
 """
 
 # `run` options passed through unchanged to every cell: (flag, dest, takes a value).
@@ -62,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     launch.add_argument("--gpus", default=None, help="comma list of GPU ids, one per local worker")
     launch.add_argument("--dry-run", action="store_true", help="list the cells with their run ids and states")
     launch.add_argument("--retry-failed", action="store_true", help="rerun cells whose record says failed")
+    launch.add_argument("--no-progress", action="store_true",
+                        help="as `run --no-progress`; cells never draw progress bars in a sweep: each prints one "
+                        "line per epoch (loss, lr, val AP, elapsed) into its log instead")
     slurm = parser.add_argument_group("slurm")
     slurm.add_argument("--slurm-partition", default=None, help="partition")
     slurm.add_argument("--slurm-time", type=int, default=None, help="time limit per job in minutes")
@@ -69,6 +78,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--slurm-cpus-per-job", type=int, default=None, help="CPUs per job")
     slurm.add_argument("--slurm-array-parallelism", type=int, default=None, help="jobs running at once")
     slurm.add_argument("--slurm-log-dir", default=None, help="submitit logs (default: <output>/slurm)")
+    slurm.add_argument("--slurm-account", default=None, help="account to charge (#SBATCH --account)")
+    slurm.add_argument("--slurm-qos", default=None, help="quality of service (#SBATCH --qos)")
+    slurm.add_argument("--slurm-mem", default=None, help="memory per job, e.g. 64G (#SBATCH --mem)")
+    slurm.add_argument("--slurm-constraint", default=None, help="node features, e.g. a100 (#SBATCH --constraint)")
+    slurm.add_argument("--slurm-option", action="append", default=[], metavar="KEY[=VALUE]",
+                       help="any other #SBATCH option, repeatable: --slurm-option mail-type=END --slurm-option "
+                       "exclusive")
+    slurm.add_argument("--slurm-setup", action="append", default=[], metavar="COMMAND",
+                       help="shell line each job runs first, repeatable, e.g. 'module load cuda'")
 
 
 def _split(text: str | None) -> list[str]:
@@ -100,6 +118,7 @@ def make_launcher(args: argparse.Namespace):
 
     from odinw_bench.errors import UserError
     from odinw_bench.runs.launchers import LocalLauncher, PoolLauncher, SubmititLauncher
+    from odinw_bench.runs.submitted import JOBS_FILE
 
     if args.launcher == "local":
         gpus = _split(args.gpus)
@@ -113,10 +132,41 @@ def make_launcher(args: argparse.Namespace):
     gpus = args.slurm_gpus_per_job if args.slurm_gpus_per_job is not None else (1 if cluster == "slurm" else 0)
     return SubmititLauncher(cluster, log_dir, partition=args.slurm_partition, timeout_min=args.slurm_time,
                             gpus_per_job=gpus, array_parallelism=args.slurm_array_parallelism,
-                            cpus_per_job=args.slurm_cpus_per_job)
+                            cpus_per_job=args.slurm_cpus_per_job, account=args.slurm_account, qos=args.slurm_qos,
+                            mem=_slurm_mem(args.slurm_mem), constraint=args.slurm_constraint,
+                            sbatch_options=sbatch_options(args.slurm_option), setup=args.slurm_setup,
+                            jobs_file=Path(args.output) / JOBS_FILE)
+
+
+def sbatch_options(items: list[str]) -> dict[str, str | bool]:
+    """``["mail-type=END", "exclusive"]`` -> ``{"mail-type": "END", "exclusive": True}`` (``#SBATCH --KEY[=VALUE]``)."""
+    import re
+
+    from odinw_bench.errors import UserError
+
+    options: dict[str, str | bool] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix("--")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key) or (sep and not value.strip()):
+            raise UserError(f"expected KEY or KEY=VALUE of an #SBATCH option, got {item!r}", field="--slurm-option")
+        options[key] = value.strip() if sep else True
+    return options
+
+
+def _slurm_mem(text: str | None) -> str | None:
+    import re
+
+    from odinw_bench.errors import UserError
+
+    if text is not None and not re.fullmatch(r"\d+[KMGT]?", text.strip(), flags=re.IGNORECASE):
+        raise UserError(f"expected an amount like 64G or 32000M, got {text!r}", field="--slurm-mem")
+    return None if text is None else text.strip().upper()
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from odinw_bench.runs.sweep import listing, plan_sweep, run_sweep
 
     spec = grid_spec(args)
@@ -126,12 +176,25 @@ def run(args: argparse.Namespace) -> int:
         print(listing(cells))
         n = {s: sum(c.state == s for c in cells) for s in ("done", "failed", "left")}
         print(f"{len(cells)} cells: {n['done']} done, {n['failed']} failed, {n['left']} left (dry run: nothing ran)")
+        _print_submitted(cells, Path(args.output))
         return 0
     summary = run_sweep(cells, launcher, lambda line: print(line, flush=True), retry_failed=args.retry_failed)
     print(summary.text())
     if summary.counts["done"]:
         _print_table(cells, spec)
     return 0 if summary.ok else 1
+
+
+def _print_submitted(cells, output) -> None:
+    """Cells not done whose job an earlier sweep submitted (without asking the scheduler whether it still runs)."""
+    from odinw_bench.runs.submitted import JOBS_FILE, SubmittedJobs, cell_key
+
+    jobs = SubmittedJobs(output / JOBS_FILE)
+    recorded = jobs.read()
+    ids = [recorded[key]["job_id"] for key in (cell_key(c.argv) for c in cells if c.state != "done") if key in recorded]
+    if ids:
+        print(f"{len(ids)} of the cells not done have jobs submitted by an earlier sweep ({', '.join(ids)}; see "
+              f"{jobs.path}): a rerun waits for those still queued or running instead of submitting them again")
 
 
 def _print_table(cells, spec) -> None:

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from odinw_bench.atomic import atomic_write
 from odinw_bench.errors import UserError
@@ -112,6 +112,28 @@ class GitInfo(TypedDict):
     dirty: bool
 
 
+class EpochInfo(TypedDict):
+    """One training epoch: ``epoch`` (0-based), mean training ``loss``, ``lr`` of the first optimizer group,
+    ``val_AP`` (None without validation that epoch) and ``elapsed_s`` since training started."""
+
+    __pydantic_config__ = _STRICT
+    epoch: int
+    loss: float | None
+    lr: float | None
+    val_AP: float | None
+    elapsed_s: float
+
+
+class SourceInfo(TypedDict):
+    """Where the numbers of a record came from when no run produced them: ``kind`` (``predictions_file``: scored by
+    ``evaluate`` from a COCO results file), the file's ``path`` and its ``sha256``."""
+
+    __pydantic_config__ = _STRICT
+    kind: Literal["predictions_file"]
+    path: str
+    sha256: str
+
+
 class RunRecord(TypedDict):
     """One run, schema version 1. The type annotations are the schema: :func:`validate_record` checks them.
 
@@ -137,6 +159,9 @@ class RunRecord(TypedDict):
         git: See :class:`GitInfo`; None outside a git checkout.
         env: python, torch, torchvision, transformers, lightning, pycocotools, odinw_bench versions, cuda, gpu_name.
         timings: Named durations in seconds (``fit_s``, ``eval_s``, ...).
+        history: Optional. One :class:`EpochInfo` per training epoch; None when nothing was trained.
+        peak_gpu_memory_bytes: Optional. Peak CUDA memory allocated during the run; None when CUDA was not used.
+        source: Optional. :class:`SourceInfo` of a record scored from a predictions file; None for a run.
     """
 
     __pydantic_config__ = _STRICT
@@ -160,6 +185,9 @@ class RunRecord(TypedDict):
     git: GitInfo | None
     env: dict[str, str | None]
     timings: dict[str, float]
+    history: NotRequired[list[EpochInfo] | None]
+    peak_gpu_memory_bytes: NotRequired[int | None]
+    source: NotRequired[SourceInfo | None]
 
 
 # AP/AR metrics are fractions; a value above 1 almost always means someone stored percentages.
@@ -223,6 +251,9 @@ def make_record(
     timings: Mapping[str, float] | None = None,
     created_at: str | None = None,
     error: str | None = None,
+    history: list[EpochInfo] | None = None,
+    peak_gpu_memory_bytes: int | None = None,
+    source: SourceInfo | None = None,
 ) -> RunRecord:
     """Assemble a record, filling in schema version, git state, environment and creation time.
 
@@ -249,6 +280,9 @@ def make_record(
         "git": collect_git(),
         "env": collect_env(),
         "timings": dict(timings or {}),
+        "history": None if history is None else [dict(entry) for entry in history],
+        "peak_gpu_memory_bytes": peak_gpu_memory_bytes,
+        "source": None if source is None else dict(source),
     }
     return validate_record(to_plain(record))
 
@@ -420,11 +454,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# JSON files a results folder holds that are not records: the submitted jobs of a sweep (odinw_bench.runs.submitted).
+_NOT_RECORDS = ("sweep_jobs.json",)
+
+
 def iter_records(paths_or_dirs: Iterable[str | Path]) -> Iterator[tuple[Path, RunRecord]]:
     """Yield ``(path, record)`` for each record file given, and for every ``*.json`` under each folder given.
 
     Folders are searched recursively in sorted order; ``*_predictions.json`` files (COCO results stored beside a
-    record) and hidden temp files are skipped.
+    record), a sweep's ``sweep_jobs.json`` and hidden temp files are skipped.
 
     Raises:
         UserError: For a path that does not exist, or a record that does not validate.
@@ -436,6 +474,7 @@ def iter_records(paths_or_dirs: Iterable[str | Path]) -> Iterator[tuple[Path, Ru
                 p
                 for p in item.rglob("*.json")
                 if not p.name.startswith(".") and not p.name.endswith("_predictions.json")
+                and p.name not in _NOT_RECORDS
             )
         elif item.exists():
             files = [item]

@@ -68,6 +68,7 @@ def run_request(req: RunRequest, cache: RunCache | None = None) -> RunOutcome:
     import pytorch_lightning as pl
 
     started = time.time()
+    _prepare_monitoring()
     ident = run_identity(req)
     context = {"run_id": ident.run_id, "model": ident.model, "resolved": ident.resolved,
                "identity": ident.identity, "started": started}
@@ -81,6 +82,14 @@ def run_request(req: RunRequest, cache: RunCache | None = None) -> RunOutcome:
         _write_failure(req, context, err)
         raise
     return outcome
+
+
+def _prepare_monitoring() -> None:
+    """A fresh GPU memory peak for this run, and no Lightning advertising line in its output."""
+    from odinw_bench.training import monitoring
+
+    monitoring.reset_peak_gpu_memory()
+    monitoring.hide_lightning_tips()
 
 
 def _execute(req: RunRequest, backend: Any, ctx: dict, cache: RunCache | None = None) -> RunOutcome:
@@ -134,6 +143,7 @@ def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
 
     from odinw_bench.training.callbacks import RngStateCheckpoint, glip_callbacks
     from odinw_bench.training.module import DetectionModule
+    from odinw_bench.training.monitoring import EpochLog
     from odinw_bench.training.run_config import trainer_kwargs
 
     resolved, run_id = ctx["resolved"], ctx["run_id"]
@@ -145,7 +155,8 @@ def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
                            every_n_epochs=1, enable_version_counter=False)
     wb_logger = _wandb_logger(req, ctx)
     ctx["wandb"] = wb_logger
-    trainer = pl.Trainer(**trainer_kwargs(resolved), callbacks=[*glip, last, RngStateCheckpoint()],
+    epoch_log = EpochLog()
+    trainer = pl.Trainer(**trainer_kwargs(resolved), callbacks=[*glip, last, RngStateCheckpoint(), epoch_log],
                          logger=wb_logger if wb_logger is not None else False, default_root_dir=str(ckpt_dir),
                          enable_progress_bar=req.progress, enable_model_summary=False, num_sanity_val_steps=0)
     resume_from = ckpt_dir / "last.ckpt" if req.resume else None
@@ -173,7 +184,8 @@ def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
     return {"best_val_AP": best.best_score, "best_epoch": best.best_epoch, "epochs": trainer.current_epoch,
-            "nonfinite_steps": module.nonfinite_steps, "best_checkpoint": best.best_model_path or None}
+            "nonfinite_steps": module.nonfinite_steps, "best_checkpoint": best.best_model_path or None,
+            "history": epoch_log.history}
 
 
 def _wandb_logger(req: RunRequest, ctx: dict) -> Any:
@@ -224,9 +236,12 @@ def _sample_info(dm: Any) -> dict:
 def _make_record(req, ctx, dm, backend, metrics, params, timings, fit_info, error: str | None = None) -> dict:
     from odinw_bench.results.records import make_record
     from odinw_bench.tasks.registry import task_sha256
+    from odinw_bench.training.monitoring import peak_gpu_memory_bytes
 
     task = req.task
-    config = {**ctx["identity"], "data": dm.describe() if dm is not None else None, "fit": fit_info}
+    # The per-epoch history is a top-level field of the record, not part of the run's configuration.
+    fit = {key: value for key, value in fit_info.items() if key != "history"}
+    config = {**ctx["identity"], "data": dm.describe() if dm is not None else None, "fit": fit}
     captions = backend.prompt.captions if backend is not None else []
     return make_record(
         run_id=ctx["run_id"],
@@ -238,7 +253,8 @@ def _make_record(req, ctx, dm, backend, metrics, params, timings, fit_info, erro
             "sampler": "none", "train_ids": [], "train_ids_hash": None, "train_count": 0, "val_ids": None,
             "val_ids_hash": None, "val_count": None, "shortfall": {}},
         model=ctx["model"], config=config, metrics=metrics, params=params,
-        duration_s=time.time() - ctx["started"], timings=timings, error=error)
+        duration_s=time.time() - ctx["started"], timings=timings, error=error, history=fit_info.get("history"),
+        peak_gpu_memory_bytes=peak_gpu_memory_bytes())
 
 
 def _write_failure(req: RunRequest, ctx: dict, err: BaseException) -> None:
