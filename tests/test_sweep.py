@@ -245,3 +245,14 @@ def test_bad_sweep_input_is_one_clear_error(tmp_path, data_root, capsys):
     assert main(_sweep_argv(tmp_path, data_root, "--tasks", "demo", "--shots", "1", "optim.lrr=1")) == 2
     assert "optim.lrr" in capsys.readouterr().err
     assert not tmp_path.joinpath("runs").exists()
+
+
+def test_dry_run_plans_without_data_and_a_real_sweep_names_the_download(tmp_path, capsys):
+    """The plan of a grid needs no data; running it does, and says how to get it before any model is built."""
+    argv = _sweep_argv(tmp_path / "out", tmp_path / "no_data", "--tasks", "aquarium", "--shots", "1",
+                       "--seeds", "3", "--regimes", "full")
+    assert main([*argv, "--dry-run"]) == 0
+    assert "aquarium" in capsys.readouterr().out
+    assert main(argv) == 2
+    assert "download --task aquarium" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

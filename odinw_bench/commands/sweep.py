@@ -20,8 +20,8 @@ examples:
 
 Each cell is one `run` (same options, same records). A cell whose record (status ok) already exists under
 --output is skipped, so rerunning the same command after a crash runs only what is missing. Failed cells are
-reported and rerun only with --retry-failed. Shots 0 cells are zero-shot (one per task x seed x model, whatever
---regimes says). When cells finish, `python -m odinw_bench report <output>/runs` makes the tables.
+reported and rerun only with --retry-failed. Shots 0 cells are zero-shot: one per task x model, whatever --seeds
+and --regimes say (the result depends on neither). When cells finish, `python -m odinw_bench report <output>/runs` makes the tables.
 
 On SLURM a job that times out or is preempted is requeued and resumes from its last checkpoint. Submitted jobs
 are listed in <output>/sweep_jobs.json until they end, so a rerun waits for cells still queued or running
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = grid_spec(args)
     launcher = None if args.dry_run else make_launcher(args)  # bad launcher options fail before planning
-    cells = plan_sweep(spec, fetch=not args.dry_run)
+    cells = plan_sweep(spec, fetch=not args.dry_run, check_data=not args.dry_run)
     if args.dry_run:
         print(listing(cells))
         n = {s: sum(c.state == s for c in cells) for s in ("done", "failed", "left")}

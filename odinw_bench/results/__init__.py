@@ -5,6 +5,7 @@ Holds:
     leaderboard: the CSV leaderboard, one row per run, safe under concurrent writers.
     provenance: git state, library versions and GPU of a run.
     evaluation: COCO AP with pycocotools, predictions files.
+    external: a run record for predictions made elsewhere (``evaluate --model-name``).
 
 May import: ``models``, ``data``, ``tasks`` and the base modules; never ``training``, ``runs``, ``report`` or
 the CLI.

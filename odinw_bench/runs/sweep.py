@@ -178,7 +178,7 @@ def _model_flags(spec: GridSpec) -> list[tuple[str, list[str]]]:
     return [(m, ["--model", m]) for m in dict.fromkeys(spec.models)]
 
 
-def plan_sweep(spec: GridSpec, *, fetch: bool = True) -> list[Cell]:
+def plan_sweep(spec: GridSpec, *, fetch: bool = True, check_data: bool = True) -> list[Cell]:
     """Expand the grid into cells with run ids and states (ordered by model, shots, regime, task, seed).
 
     Every cell's request is built by the ``run`` command's own argument handling, so a bad task, regime, model,
@@ -188,6 +188,8 @@ def plan_sweep(spec: GridSpec, *, fetch: bool = True) -> list[Cell]:
         spec: The grid.
         fetch: Download zoo checkpoints that are not cached yet (once, here, rather than in every worker). A dry
             run passes False; its cells of such models have no run id yet.
+        check_data: Refuse a grid whose data is not on disk (naming the download command). A dry run passes
+            False: the plan needs no data.
     """
     from odinw_bench.runs.arguments import parse_run_args
     from odinw_bench.runs.request import requests_from_args
@@ -203,7 +205,7 @@ def plan_sweep(spec: GridSpec, *, fetch: bool = True) -> list[Cell]:
                 group = ["--task", spec.tasks, "--shots", str(shots), "--regime", regime, *model_flags,
                          *spec.run_args, "--output", str(spec.output), "--seed", *cell_seeds]
                 args = parse_run_args([*group, "--no-progress", *spec.overrides])
-                for req in requests_from_args(args):
+                for req in requests_from_args(args, check_data=check_data):
                     cells.append(_make_cell(req, task_args[req.task.name], model, model_flags, spec, fetch))
     classify(cells)
     return cells

@@ -6,6 +6,7 @@ Holds:
     optim: GLIP's optimiser rules (bias and language learning rates, weight decay groups).
     module, datamodule: the LightningModule and the k-shot DataModule.
     callbacks: GLIP's plateau schedule, early stopping, skipped non-finite steps, RNG state in checkpoints.
+    monitoring: one log line per epoch and the per-epoch history of a run (for logs without a progress bar).
     wandb_logging: the W&B logger of a run (never blocks, never fails a run).
 
 May import: ``results``, ``models``, ``data``, ``tasks`` and the base modules; never ``runs``, ``report`` or the CLI.
