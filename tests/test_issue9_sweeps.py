@@ -274,7 +274,8 @@ def test_sweep_accepts_no_progress_and_a_dry_run_names_submitted_jobs(tmp_path, 
     from odinw_bench.runs.submitted import SubmittedJobs, cell_key, job_entry
     from odinw_bench.runs.sweep import plan_sweep
 
-    argv = ["sweep", "--tasks", "demo", "--shots", "0", "--seeds", "3,30", "--models", "glip-micro", "--data-root",
+    argv = ["sweep", "--tasks", "demo", "--shots", "0,1", "--regimes", "full", "--seeds", "3", "--models", "glip-micro",
+            "--data-root",
             str(data_root), "--output", str(tmp_path), "--dry-run", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out

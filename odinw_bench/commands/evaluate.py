@@ -123,7 +123,12 @@ def _record_identity(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     if not args.model_name.strip():
         raise UserError("the model name is empty", field="--model-name")
-    shots = _shots(args.shots or "0")
+    from odinw_bench.data.sampling import parse_shots
+
+    try:
+        shots = parse_shots(args.shots or "0")
+    except UserError as err:
+        raise UserError(err.message, field="--shots") from None
     regime = _regime(args.regime or ("zero-shot" if shots == 0 else "full"))
     if (shots == 0) != (regime == "zero-shot"):
         raise UserError(f"regime '{regime}' with --shots {shots}: zero-shot means shots 0, and shots 0 means "
@@ -134,20 +139,6 @@ def _record_identity(args: argparse.Namespace) -> dict[str, Any] | None:
         raise UserError(f"expected an integer, got {args.seed!r}", field="--seed") from None
     return {"model_name": args.model_name.strip(), "regime": regime, "shots": shots, "seed": seed,
             "prompt": args.prompt or "default", "results": args.results or Path("results")}
-
-
-def _shots(text: str) -> int | str:
-    from odinw_bench.errors import UserError
-
-    if text == "all":
-        return "all"
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise UserError(f"shots must be an integer >= 0 or 'all', got {text!r}", field="--shots")
-    return value
 
 
 def _regime(name: str) -> str:
