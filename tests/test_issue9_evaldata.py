@@ -212,7 +212,7 @@ def test_zero_shot_needs_only_the_scored_split(fruit):
 
 
 def test_custom_task_is_never_told_to_download_itself(fruit, tmp_path):
-    from odinw_bench.data.task_files import require_split_files  # new with the check (imported here: see git stash)
+    from odinw_bench.data.task_files import require_split_files
 
     task_yaml, _ = fruit
     missing = tmp_path / "elsewhere"
