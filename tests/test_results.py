@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from odinw_bench.errors import UserError
-from odinw_bench.results import records
+from odinw_bench.results import records, schema
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def make_test_record(task="aquarium", seed=3, ap=0.42, run_id=None, **changes) -
         },
         "model": {"name": "glip_tiny", "checkpoint": "/ckpt/glip_tiny.pth", "checkpoint_sha256": "ab" * 32},
         "config": {"optim": {"lr": 0.05}, "max_epochs": 200},
-        "metrics": {"AP": ap, "AP50": 0.6, "APs": None, "AP-fish": 0.5, records.SELECT_VAL_AP: 0.4},
+        "metrics": {"AP": ap, "AP50": 0.6, "APs": None, "AP-fish": 0.5, schema.SELECT_VAL_AP: 0.4},
         "params": {"trainable": 1024, "total": 231_000_000},
         "git": {"commit": "f" * 40, "dirty": False},
         "env": {"python": "3.11.7", "torch": "2.14.1"},
@@ -68,7 +68,7 @@ def test_make_write_read_round_trip(tmp_path):
     record = records.make_record(
         **_make_kwargs(), metrics={"AP": 0.5, "APl": float("nan")}, duration_s=3.0, timings={"fit_s": 2.0}
     )
-    assert record["schema_version"] == records.SCHEMA_VERSION
+    assert record["schema_version"] == schema.SCHEMA_VERSION
     assert record["status"] == "ok" and record["error"] is None
     assert record["metrics"]["APl"] is None  # NaN is stored as null: strict JSON
     assert record["env"]["torch"] == metadata.version("torch")
@@ -93,7 +93,7 @@ def test_failed_record_requires_error_and_keeps_it(tmp_path):
     path = records.write_record(tmp_path / "r.json", record)
     assert records.read_record(path)["error"] == "CUDA out of memory"
     with pytest.raises(UserError, match="error"):
-        records.validate_record({**record, "error": None})
+        schema.validate_record({**record, "error": None})
 
 
 def test_record_path_sanitises_hub_style_model_names(tmp_path):
@@ -148,7 +148,7 @@ def test_validation_errors_name_the_field(field, value, message):
     record = make_test_record()
     _set(record, field, value)
     with pytest.raises(UserError) as info:
-        records.validate_record(record, path="runs/x.json")
+        schema.validate_record(record, path="runs/x.json")
     # A list item is named with its index: sample.train_ids[1].
     assert info.value.field == (field + "[1]" if isinstance(value, list) and value else field)
     assert info.value.path == "runs/x.json"
@@ -158,7 +158,7 @@ def test_validation_errors_name_the_field(field, value, message):
 def test_git_may_be_null_and_unknown_keys_are_allowed():
     record = make_test_record(git=None)
     record["extra_optional_field"] = {"anything": 1}
-    assert records.validate_record(record) is record
+    assert schema.validate_record(record) is record
 
 
 def test_read_record_errors_name_the_file(tmp_path):

@@ -1,7 +1,8 @@
 """Results: run records (the single source of truth), the leaderboard derived from them, and COCO evaluation.
 
 Holds:
-    records: the run-record schema (checked with pydantic), run ids, reading and atomic writing.
+    schema: the run-record schema (TypedDicts checked by pydantic in strict mode) and its rules.
+    records: run ids, making, writing (atomically), reading and finding run records.
     leaderboard: the CSV leaderboard, one row per run, safe under concurrent writers.
     provenance: git state, library versions and GPU of a run.
     evaluation: COCO AP with pycocotools, predictions files.

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from odinw_bench.results.evaluation import EvalResult
-    from odinw_bench.results.records import RunRecord
+    from odinw_bench.results.schema import RunRecord
     from odinw_bench.tasks.spec import TaskSpec
 
 SOURCE_KIND = "predictions_file"

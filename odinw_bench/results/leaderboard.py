@@ -27,13 +27,8 @@ from typing import Any
 
 from odinw_bench.atomic import atomic_write_text
 from odinw_bench.errors import UserError
-from odinw_bench.results.records import (
-    COCO_METRICS,
-    SELECT_VAL_AP,
-    read_record,
-    to_plain,
-    validate_record,
-)
+from odinw_bench.results.records import read_record, to_plain
+from odinw_bench.results.schema import COCO_METRICS, SELECT_VAL_AP, validate_record
 
 logger = logging.getLogger(__name__)
 

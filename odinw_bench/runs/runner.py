@@ -207,7 +207,8 @@ def _wandb_logger(req: RunRequest, ctx: dict) -> Any:
 def _save(req, backend, dm, ctx, result, predictions, params, timings, fit_info) -> RunOutcome:
     from odinw_bench.results.evaluation import write_predictions
     from odinw_bench.results.leaderboard import repair_leaderboard
-    from odinw_bench.results.records import SELECT_VAL_AP, record_path, write_record
+    from odinw_bench.results.records import record_path, write_record
+    from odinw_bench.results.schema import SELECT_VAL_AP
 
     metrics = dict(result.metrics)
     metrics.update({f"AP-{name}": value for name, value in result.per_category.items()})
