@@ -9,6 +9,10 @@ Holds:
     sampling: :func:`~odinw_bench.data.sampling.sample_kshot`, GLIP's k-shot rule and the prepared few-shot files.
     prompts, tokenizer: captions, token spans, positive maps and chunks, with the packaged BERT vocabulary.
     synthetic: a deterministic Roboflow-style export (the offline ``demo`` task).
+    drawing, vocabulary: the synthetic visual vocabulary (named categories drawn procedurally, with styles for a
+        domain shift).
+    scenes, captions, grounding_corpus, corpus_reader: the synthetic grounding corpus for pre-training (scenes,
+        detection prompts and grounding phrases with spans; ``write_corpus`` / ``read_corpus``).
     download: resumable, verified download and safe extraction of the ODinW zips.
     validation: checks of a task against its files (folders, annotations, categories, images, few-shot files).
 
