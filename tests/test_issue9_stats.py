@@ -7,37 +7,16 @@ import math
 
 import pytest
 from scipy.stats import t as student_t
+from test_report_extras import record as report_record
 
 from odinw_bench.report import formats, grid
 
 SEEDS = (3, 30, 300)
 
 
-def record(task, regime, shots, seed, ap, *, model="glip-t", split="test", prompt="default", run_id=None):
-    """A valid hand-written record."""
-    return {
-        "schema_version": 1,
-        "run_id": run_id or f"{model}-{task}-{regime}-k{shots}-s{seed}-{split}",
-        "created_at": "2025-01-31T12:00:00+00:00",
-        "duration_s": 1.0,
-        "status": "ok",
-        "error": None,
-        "task": {"name": task, "version": 1, "sha256": None, "display_name": task.capitalize()},
-        "split": split,
-        "prompt": {"variant": prompt, "captions": ["a. b"]},
-        "shots": shots,
-        "seed": seed,
-        "regime": regime,
-        "sample": {"sampler": "glip", "train_ids": [1], "train_ids_hash": "x", "train_count": 1, "val_ids": None,
-                   "val_ids_hash": None, "val_count": None, "shortfall": {}},  # fmt: skip
-        "model": {"name": model, "checkpoint": None, "checkpoint_sha256": None},
-        "config": {},
-        "metrics": {"AP": ap},
-        "params": {"trainable": 1, "total": 2},
-        "git": None,
-        "env": {},
-        "timings": {},
-    }
+def record(task, regime, shots, seed, ap, *, model="glip-t", **changes):
+    """A valid hand-written record (``test_report_extras.record``), of glip-t by default."""
+    return report_record(task, regime, shots, seed, ap, model=model, **changes)
 
 
 # ---- Item 11: Student's t confidence intervals ----
