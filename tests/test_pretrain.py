@@ -34,7 +34,7 @@ def test_glip_nano_fits_the_size_budget():
     cfg = get_preset("glip-nano")
     n = sum(p.numel() for p in GLIPBackend(cfg).parameters())
     assert n * 2 <= 20e6  # fp16 weights within ~20 MB
-    assert cfg.language.bert["vocab_size"] == 30522 and cfg.input.min_size_test == 160
+    assert cfg.language.bert["vocab_size"] == 30522 and cfg.input.min_size_test == 128
 
 
 def test_corpus_batches_ground_each_box_on_its_phrase_tokens(corpus):
@@ -50,11 +50,11 @@ def test_corpus_batches_ground_each_box_on_its_phrase_tokens(corpus):
         start, end = box["spans"][0]
         words = get_tokenizer().decode(ids[row.bool()]).replace(" ", "")
         assert words == caption["text"][start:end].replace(" ", "")
-    # 64x64 images are resized to the preset's 160 px; boxes scale with them (GLIP's x2 = x + w - 1).
+    # 64x64 images are resized to the preset's 128 px; boxes scale with them (GLIP's x2 = x + w - 1).
     ann = next(a for a in data["annotations"] if a["id"] == caption["boxes"][0]["annotation_id"])
     x, y, w, h = ann["bbox"]
-    assert batch.image_sizes[0] == (160, 160)
-    assert torch.allclose(batch.targets[0]["boxes"][0], torch.tensor([x, y, x + w - 1, y + h - 1]) * 2.5)
+    assert batch.image_sizes[0] == (128, 128)
+    assert torch.allclose(batch.targets[0]["boxes"][0], torch.tensor([x, y, x + w - 1, y + h - 1], dtype=torch.float32) * 2)
 
 
 def test_a_few_pretraining_steps_lower_the_loss_on_a_fixed_batch(corpus):
@@ -157,6 +157,12 @@ def test_glip_nano_without_shipped_weights_starts_random_with_a_warning(tmp_path
     with caplog.at_level("WARNING"):
         backend = load_glip("glip-nano")
     assert backend.checkpoint is None and "random weights" in caplog.text
+    from odinw_bench.runs.arguments import parse_run_args
+    from odinw_bench.runs.identity import resolve_checkpoint
+    from odinw_bench.runs.request import requests_from_args
+
+    args = parse_run_args(["--task", "demo", "--shots", "0", "--model", "glip-nano"])
+    assert resolve_checkpoint(requests_from_args(args, check_data=False)[0]) is None  # random init, as glip-micro
 
 
 @pytest.mark.parametrize("breakage, field", [

@@ -300,8 +300,8 @@ def _glip_micro() -> GLIPConfig:
 def _glip_nano() -> GLIPConfig:
     """The smallest GLIP that pre-trains usefully on a 2-core CPU: the model this project pre-trains and ships.
 
-    Sized by measured training-step time (batch 8 of 160x128 images, fp32, 2 CPU threads: about 2.3 s, so the
-    2-hour budget allows about 3,000 steps) and by the shipped file (7.9 M parameters, 15.7 MB in fp16):
+    Sized by the measured time of a pre-training step (``pretrain``, batch 8 of 160x128 images, fp32, 2 CPU cores:
+    about 2.5 s, so 2 hours allow about 2,800 steps) and by the shipped file (7.9 M parameters, 15.7 MB in fp16):
 
     * Swin at a third of Swin-T's width (embed 32, head dim 32 as Swin-T) with Swin-T's depths (2, 2, 6, 2): stage
       3 is where Swin-T spends its depth, and at 1/16 resolution it is cheap on 160-px images;
@@ -313,7 +313,8 @@ def _glip_nano() -> GLIPConfig:
     * no dropout, drop path or DropBlock: a model this small trained this briefly underfits, it does not overfit;
     * no gradient checkpointing: memory is not the limit on the CPU, recomputation only costs time.
 
-    Input sizes match the 160x128 images of the demo tasks (as glip-micro).
+    Images of 160x128 (the demo tasks' size) are read as they are: short side 128 at test time and in
+    pre-training, as GLIP tests at its largest training size (training sizes 96..128, as GLIP's 480..800).
     """
     bert = dict(BERT_BASE_UNCASED, hidden_size=96, num_hidden_layers=2, num_attention_heads=3, intermediate_size=384)
     bert.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -324,7 +325,7 @@ def _glip_nano() -> GLIPConfig:
         fpn=FPNConfig(out_channels=96, drop_block_prob=0.0),
         language=LanguageConfig(bert=bert, lang_dim=96),
         dyhead=DyHeadConfig(channels=96, num_convs=2, fuse_embed_dim=256, fuse_num_heads=4, use_checkpoint=False),
-        input=InputConfig(min_size_test=160, max_size_test=256, min_size_train=(128, 144, 160), max_size_train=256),
+        input=InputConfig(min_size_test=128, max_size_test=256, min_size_train=(96, 112, 128), max_size_train=256),
     )
 
 
