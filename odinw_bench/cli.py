@@ -19,7 +19,8 @@ from odinw_bench.errors import UserError
 from odinw_bench.runs.arguments import OneLineErrorParser
 
 # Order shown in --help. Plain data: the modules are imported when the parser is built, never at package import.
-COMMANDS: tuple[str, ...] = ("run", "sweep", "tasks", "validate", "download", "evaluate", "report", "demo")
+COMMANDS: tuple[str, ...] = ("run", "sweep", "tasks", "validate", "download", "evaluate", "report", "demo",
+                             "pretrain")
 
 EPILOG = """\
 examples:
@@ -32,6 +33,7 @@ examples:
   python -m odinw_bench evaluate --task aquarium --split test --predictions preds.json
   python -m odinw_bench report results/runs --suite odinw13 --out results/report/odinw13
   python -m odinw_bench demo                                   # offline: zero-shot + 1-shot on synthetic data
+  python -m odinw_bench pretrain --corpus corpus/ --out pretrain/   # pre-train glip-nano on a grounding corpus
 """
 
 

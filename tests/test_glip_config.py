@@ -91,7 +91,7 @@ def test_presets_build_and_are_consistent(name):
     assert cfg.language.max_query_len == 256 and cfg.language.n_layers == 1
     assert cfg.postprocess.pre_nms_thresh == 0.05 and cfg.postprocess.nms_thresh == 0.6
     assert cfg.anchors.strides == (8, 16, 32, 64, 128) and cfg.anchors.sizes == (64, 128, 256, 512, 1024)
-    assert set(list_presets()) == {"glip-t-a", "glip-t-b", "glip-t-c", "glip-t", "glip-l", "glip-micro"}
+    assert set(list_presets()) == {"glip-t-a", "glip-t-b", "glip-t-c", "glip-t", "glip-l", "glip-micro", "glip-nano"}
 
 
 def test_glip_t_matches_the_reference_notes():

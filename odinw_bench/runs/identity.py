@@ -58,7 +58,8 @@ def model_config(req: RunRequest) -> Any:
 
 
 def resolve_checkpoint(req: RunRequest, *, fetch: bool = True) -> Path | None:
-    """The weights file a request loads: ``--checkpoint``, else a zoo preset's cached file (None: random init).
+    """The weights file a request loads: ``--checkpoint``, else a shipped preset's (``glip-nano``) or a zoo
+    preset's cached file (None: random init).
 
     Args:
         req: The request.
@@ -74,6 +75,11 @@ def resolve_checkpoint(req: RunRequest, *, fetch: bool = True) -> Path | None:
         return Path(req.checkpoint)
     if req.official_config is not None or req.model == "glip-micro":
         return None
+    from odinw_bench.models.glip.shipped import SHIPPED_PRESETS, shipped_checkpoint
+
+    preset = model_config(req).name  # the canonical name ("GLIP_Nano" -> "glip-nano")
+    if preset in SHIPPED_PRESETS:  # in the package, sha256-checked against its card; None: random init
+        return shipped_checkpoint(preset)
     from odinw_bench.models.glip.zoo import converted_checkpoint_path, fetch_checkpoint
 
     cached = converted_checkpoint_path(req.model)

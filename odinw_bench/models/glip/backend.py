@@ -239,10 +239,12 @@ def load_glip(preset: str | None = None, *, config: str | Path | None = None, ch
     """Build GLIP from a preset or an official YAML, and load its weights.
 
     Args:
-        preset: ``glip-t-a``, ``glip-t-b``, ``glip-t-c``, ``glip-t``, ``glip-l`` or ``glip-micro``.
+        preset: ``glip-t-a``, ``glip-t-b``, ``glip-t-c``, ``glip-t``, ``glip-l``, ``glip-micro`` or ``glip-nano``.
         config: An official GLIP YAML config file (instead of a preset).
         checkpoint: A local ``.pth`` / ``.safetensors``; without it a zoo preset is downloaded from the hub
-            (``GLIPModel/GLIP``) once and cached; ``glip-micro`` stays randomly initialised.
+            (``GLIPModel/GLIP``) once and cached, ``glip-nano`` loads the weights shipped in the package
+            (:mod:`~odinw_bench.models.glip.shipped`, sha256-checked; random init when none ship) and
+            ``glip-micro`` stays randomly initialised.
         trust_checkpoint: Allow full unpickling of a ``.pth`` that is not a plain weights file.
         bert_config: BERT sizes for an official YAML of a non-standard language model.
 
@@ -253,10 +255,15 @@ def load_glip(preset: str | None = None, *, config: str | Path | None = None, ch
         raise UserError("give either a preset name or an official config file", field="model")
     cfg = get_preset(preset) if preset is not None else from_official_yaml(config, bert_config=bert_config)
     backend = GLIPBackend(cfg)
-    if checkpoint is None and preset is not None and preset != "glip-micro":
-        from odinw_bench.models.glip.zoo import fetch_checkpoint
+    if checkpoint is None and preset is not None:
+        from odinw_bench.models.glip.shipped import SHIPPED_PRESETS, shipped_checkpoint
 
-        checkpoint = fetch_checkpoint(preset, trust=trust_checkpoint)
+        if cfg.name in SHIPPED_PRESETS:  # weights in the package, checked against their card; none: random init
+            checkpoint = shipped_checkpoint(cfg.name)
+        elif cfg.name != "glip-micro":
+            from odinw_bench.models.glip.zoo import fetch_checkpoint
+
+            checkpoint = fetch_checkpoint(preset, trust=trust_checkpoint)
     if checkpoint is not None:
         backend.load_checkpoint(checkpoint, trust=trust_checkpoint)
     else:

@@ -297,6 +297,38 @@ def _glip_micro() -> GLIPConfig:
     )
 
 
+def _glip_nano() -> GLIPConfig:
+    """The smallest GLIP that pre-trains usefully on a 2-core CPU: the model this project pre-trains and ships.
+
+    Sized by the measured time of a pre-training step (``pretrain``, batch 8 of 160x128 images, fp32, 2 CPU cores:
+    about 2.5 s, so 2 hours allow about 2,800 steps) and by the shipped file (7.9 M parameters, 15.7 MB in fp16):
+
+    * Swin at a third of Swin-T's width (embed 32, head dim 32 as Swin-T) with Swin-T's depths (2, 2, 6, 2): stage
+      3 is where Swin-T spends its depth, and at 1/16 resolution it is cheap on 160-px images;
+    * FPN and DyHead 96 wide with 2 tower blocks: every tower block adds ~40% to the step (deformable convolutions
+      on five levels), and a third block bought less than more steps do;
+    * BERT of 2 layers, hidden 96 (3 heads of 32), trained from scratch on the packaged bert-base-uncased
+      vocabulary: its 30,522 x 96 word embeddings are 2.9 M of the parameters, so a wider one breaks the size cap;
+    * fusion 256 wide with 4 heads (as glip-micro: GLIP's hard-coded 2048 x 8 dominates a small model's time);
+    * no dropout, drop path or DropBlock: a model this small trained this briefly underfits, it does not overfit;
+    * no gradient checkpointing: memory is not the limit on the CPU, recomputation only costs time.
+
+    Images of 160x128 (the demo tasks' size) are read as they are: short side 128 at test time and in
+    pre-training, as GLIP tests at its largest training size (training sizes 96..128, as GLIP's 480..800).
+    """
+    bert = dict(BERT_BASE_UNCASED, hidden_size=96, num_hidden_layers=2, num_attention_heads=3, intermediate_size=384)
+    bert.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return GLIPConfig(
+        name="glip-nano",
+        swin=SwinConfig(embed_dim=32, num_heads=(1, 2, 4, 8), depths=(2, 2, 6, 2), drop_path_rate=0.0,
+                        out_channels=(32, 64, 128, 256)),
+        fpn=FPNConfig(out_channels=96, drop_block_prob=0.0),
+        language=LanguageConfig(bert=bert, lang_dim=96),
+        dyhead=DyHeadConfig(channels=96, num_convs=2, fuse_embed_dim=256, fuse_num_heads=4, use_checkpoint=False),
+        input=InputConfig(min_size_test=128, max_size_test=256, min_size_train=(96, 112, 128), max_size_train=256),
+    )
+
+
 def _presets() -> dict[str, GLIPConfig]:
     """Built on call (never at import) so that nothing global is shared or mutated."""
     no_fusion = DyHeadConfig(early_fuse=False, use_fused_dot_product=False)
@@ -308,6 +340,7 @@ def _presets() -> dict[str, GLIPConfig]:
         "glip-t": GLIPConfig(name="glip-t"),
         "glip-l": _glip_l(),
         "glip-micro": _glip_micro(),
+        "glip-nano": _glip_nano(),
     }
 
 
@@ -317,7 +350,8 @@ def list_presets() -> list[str]:
 
 
 def get_preset(name: str) -> GLIPConfig:
-    """Return the named preset (``glip-t-a``, ``glip-t-b``, ``glip-t-c``, ``glip-t``, ``glip-l``, ``glip-micro``).
+    """Return the named preset (``glip-t-a``, ``glip-t-b``, ``glip-t-c``, ``glip-t``, ``glip-l``, ``glip-micro``,
+    ``glip-nano``).
 
     Raises:
         UserError: For an unknown name, suggesting the closest known one.
