@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 from odinw_bench.data.captions import LARGE_ABOVE, PLACE_WORDS, SIZE_WORDS, SMALL_BELOW
-from odinw_bench.data.drawing import COLOUR_WORDS, Part, Style, colour_word
-from odinw_bench.data.grounding_corpus import (
+from odinw_bench.data.corpus_reader import (
     CORPUS_FILE,
     IMAGES_DIR,
     caption_token_map,
     read_corpus,
-    write_corpus,
 )
+from odinw_bench.data.drawing import COLOUR_WORDS, Part, Style, colour_word
+from odinw_bench.data.grounding_corpus import write_corpus
 from odinw_bench.data.scenes import MAX_OCCLUDED, instance_style
 from odinw_bench.data.tokenizer import get_tokenizer
 from odinw_bench.data.vocabulary import CATEGORIES, Category, draw

@@ -150,6 +150,8 @@ def read_corpus(path: str | Path, *, check_images: bool = True) -> Corpus:
     file = root / CORPUS_FILE
     if not root.is_dir():
         raise UserError("corpus folder not found", path=root)
+    if not file.is_file():
+        raise UserError(f"not a grounding corpus: {CORPUS_FILE} is missing", path=root)
     data = read_json_file(file, what="corpus file")
     check = _Checker(file)
     record = check.record(data, "", {"format", "version", "generator", "categories", "images", "annotations",

@@ -7,14 +7,15 @@ image one detection prompt and a few grounding phrases, each listing the annotat
 spans (end exclusive) of the words naming them. Every annotation is grounded by at least one caption of its image.
 Example::
 
-    from odinw_bench.data.grounding_corpus import read_corpus, write_corpus
+    from odinw_bench.data.corpus_reader import caption_token_map, read_corpus
+    from odinw_bench.data.grounding_corpus import write_corpus
 
     write_corpus("corpus", n_images=1000, seed=0)          # same arguments -> byte-identical files
     corpus = read_corpus("corpus")                          # validated; UserError naming the field otherwise
     for caption in corpus.captions_of(corpus.images[0].id):
         caption.text, caption_token_map(caption)            # {annotation id: [token indices]}
 
-The reader lives in :mod:`odinw_bench.data.corpus_reader`; its names are re-exported here.
+The reader lives in :mod:`odinw_bench.data.corpus_reader`.
 """
 
 from __future__ import annotations
@@ -33,21 +34,8 @@ from odinw_bench.data.corpus_reader import (
     FORMAT_NAME,
     FORMAT_VERSION,
     IMAGES_DIR,
-    Corpus,
-    CorpusAnnotation,
-    CorpusCaption,
-    CorpusImage,
-    GroundedBox,
-    caption_token_map,
-    read_corpus,
 )
 from odinw_bench.errors import UserError
-
-__all__ = [
-    "CORPUS_FILE", "FORMAT_NAME", "FORMAT_VERSION", "GENERATOR_NAME", "GENERATOR_VERSION", "IMAGES_DIR", "Corpus",
-    "CorpusAnnotation", "CorpusCaption", "CorpusImage", "GroundedBox", "caption_token_map", "read_corpus",
-    "write_corpus",
-]
 
 logger = logging.getLogger(__name__)
 

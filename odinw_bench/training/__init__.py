@@ -8,6 +8,8 @@ Holds:
     callbacks: GLIP's plateau schedule, early stopping, skipped non-finite steps, RNG state in checkpoints.
     monitoring: one log line per epoch and the per-epoch history of a run (for logs without a progress bar).
     wandb_logging: the W&B logger of a run (never blocks, never fails a run).
+    pretrain, pretrain_data, pretrain_recipe, model_card: pre-training glip-nano on a grounding corpus
+        (``configs/glip_pretrain.yaml``) and the model card of its weights.
 
 May import: ``results``, ``models``, ``data``, ``tasks`` and the base modules; never ``runs``, ``report`` or the CLI.
 """

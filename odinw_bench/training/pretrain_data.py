@@ -20,93 +20,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from odinw_bench.errors import UserError
 from odinw_bench.models.base import DetectionBatch
 
+if TYPE_CHECKING:  # pragma: no cover
+    from odinw_bench.data.corpus_reader import Corpus
+
 logger = logging.getLogger(__name__)
-
-CORPUS_FORMAT = "odinw_bench-grounding-corpus"
-CORPUS_VERSION = 1
-
-
-# ----------------------------------------------------------------------------------------------- reading
-def read_corpus_minimal(folder: str | Path) -> dict[str, Any]:
-    """Read ``<folder>/corpus.json`` and check what pre-training needs (a stand-in for the corpus module's reader).
-
-    Checks the format and version, that every caption's image exists, that every grounded annotation belongs to
-    the caption's image with a positive ``w, h``, and that spans lie inside the text.
-
-    Returns:
-        The parsed corpus dict, plus ``"folder"`` (a Path).
-
-    Raises:
-        UserError: Naming ``corpus.json`` and the field (e.g. ``captions[3].boxes[0].spans[1]``), or a missing image.
-    """
-    from odinw_bench.jsonio import read_json_file
-
-    folder = Path(folder)
-    path = folder / "corpus.json"
-    if not folder.is_dir():
-        raise UserError("corpus folder not found", path=folder, field="--corpus")
-    if not path.is_file():
-        raise UserError("not a grounding corpus: corpus.json is missing", path=folder, field="--corpus")
-    data = read_json_file(path, what="corpus file")
-
-    def need(ok: bool, where: str, message: str) -> None:
-        if not ok:
-            raise UserError(message, path=path, field=where)
-
-    need(isinstance(data, dict), "(top level)", "expected a JSON object")
-    need(data.get("format") == CORPUS_FORMAT, "format", f"expected {CORPUS_FORMAT!r}, found {data.get('format')!r}")
-    need(data.get("version") == CORPUS_VERSION, "version", f"expected {CORPUS_VERSION}, found {data.get('version')!r}")
-    need(isinstance(data.get("generator"), dict), "generator", "expected an object (name, version, seed)")
-    for key in ("categories", "images", "annotations", "captions"):
-        need(isinstance(data.get(key), list), key, "expected a list")
-    images = {}
-    for i, image in enumerate(data["images"]):
-        need(isinstance(image, dict) and isinstance(image.get("id"), int), f"images[{i}].id", "expected an integer")
-        need(isinstance(image.get("file_name"), str), f"images[{i}].file_name", "expected a file name")
-        images[image["id"]] = image
-    annotations = {}
-    for i, ann in enumerate(data["annotations"]):
-        where = f"annotations[{i}]"
-        need(isinstance(ann, dict) and ann.get("image_id") in images, f"{where}.image_id", "no image has this id")
-        bbox = ann.get("bbox")
-        need(isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)
-             and bbox[2] > 0 and bbox[3] > 0, f"{where}.bbox", f"expected [x, y, w, h] with w, h > 0, found {bbox!r}")
-        annotations[ann.get("id")] = ann
-    need(bool(data["captions"]), "captions", "the corpus has no captions")
-    for i, caption in enumerate(data["captions"]):
-        _check_caption(caption, f"captions[{i}]", images, annotations, need)
-    for image_id in {c["image_id"] for c in data["captions"]}:
-        file = folder / "images" / images[image_id]["file_name"]
-        if not file.is_file():
-            raise UserError(f"image file of image {image_id} is missing", path=file)
-    return {**data, "folder": folder}
-
-
-def _check_caption(caption: Any, where: str, images: dict, annotations: dict, need: Any) -> None:
-    need(isinstance(caption, dict) and caption.get("image_id") in images, f"{where}.image_id", "no image has this id")
-    text = caption.get("text")
-    need(isinstance(text, str) and text.strip() != "", f"{where}.text", "expected a non-empty string")
-    need(isinstance(caption.get("boxes"), list), f"{where}.boxes", "expected a list")
-    for j, box in enumerate(caption["boxes"]):
-        ann = annotations.get(box.get("annotation_id")) if isinstance(box, dict) else None
-        need(ann is not None and ann["image_id"] == caption["image_id"], f"{where}.boxes[{j}].annotation_id",
-             "expected the id of an annotation of the caption's image")
-        spans = box.get("spans")
-        need(isinstance(spans, list) and bool(spans), f"{where}.boxes[{j}].spans", "expected a list of [start, end]")
-        for k, span in enumerate(spans):
-            need(isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) for v in span)
-                 and 0 <= span[0] < span[1] <= len(text), f"{where}.boxes[{j}].spans[{k}]",
-                 f"expected [start, end] with 0 <= start < end <= {len(text)}, found {span!r}")
-
 
 # ----------------------------------------------------------------------------------------------- samples
 @dataclass
@@ -134,50 +59,36 @@ class GroundingCaptions(Dataset):
     """The corpus's captions; item ``i`` is ``(RGB image, caption text, boxes xyxy, token lists per box, image id)``.
 
     Args:
-        corpus: The dict :func:`read_corpus_minimal` returns.
+        corpus: A corpus :func:`odinw_bench.data.corpus_reader.read_corpus` validated.
         max_query_len: Tokens the model reads; boxes whose phrase lies past them are dropped (as GLIP drops them).
     """
 
-    def __init__(self, corpus: dict[str, Any], max_query_len: int):
-        self.folder = Path(corpus["folder"])
-        self.images = {im["id"]: im for im in corpus["images"]}
-        self.annotations = {a["id"]: a for a in corpus["annotations"]}
-        self.captions = list(corpus["captions"])
+    def __init__(self, corpus: Corpus, max_query_len: int):
+        self.corpus = corpus
+        self.images = {im.id: im for im in corpus.images}
+        self.annotations = {a.id: a for a in corpus.annotations}
+        self.captions = list(corpus.captions)
         self.max_query_len = max_query_len
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, index: int) -> tuple:
+        from odinw_bench.data.corpus_reader import caption_token_map
         from odinw_bench.data.images import load_rgb
         from odinw_bench.training.datamodule import glip_train_target
 
         caption = self.captions[index]
-        image = self.images[caption["image_id"]]
-        pil = load_rgb(self.folder / "images" / image["file_name"])
-        tokens = _box_tokens(caption, self.max_query_len)
+        image = self.images[caption.image_id]
+        pil = load_rgb(self.corpus.image_path(image))
+        token_map = caption_token_map(caption, max_length=self.max_query_len)
+        tokens = [token_map.get(box.annotation_id, []) for box in caption.boxes]
         # GLIP's conversion (x2 = x + w - 1, clipped, empty boxes removed); "labels" index the caption's boxes.
-        anns = [{"bbox": self.annotations[b["annotation_id"]]["bbox"], "category_id": i}
-                for i, b in enumerate(caption["boxes"])]
+        anns = [{"bbox": list(self.annotations[b.annotation_id].bbox), "category_id": i}
+                for i, b in enumerate(caption.boxes)]
         boxes, kept = glip_train_target(anns, pil.width, pil.height, list(range(len(anns))))
         pairs = [(box, tokens[i]) for box, i in zip(boxes, kept) if tokens[i]]
-        return pil, caption["text"], [p[0] for p in pairs], [p[1] for p in pairs], image["id"]
-
-
-def _box_tokens(caption: dict, max_query_len: int) -> list[list[int]]:
-    """Per box of ``caption``, the token indices of all its spans (``[CLS]`` is 0), GLIP's char-to-token rules."""
-    from odinw_bench.data.prompts import Caption, positive_map
-
-    spans = [tuple(span) for box in caption["boxes"] for span in box["spans"]]
-    label_tokens = positive_map(Caption(caption["text"], tuple(spans)), max_length=max_query_len)
-    out, label = [], 1
-    for box in caption["boxes"]:
-        tokens: set[int] = set()
-        for _ in box["spans"]:
-            tokens.update(label_tokens.get(label, ()))
-            label += 1
-        out.append(sorted(tokens))
-    return out
+        return pil, caption.text, [p[0] for p in pairs], [p[1] for p in pairs], image.id
 
 
 @dataclass(frozen=True)
@@ -257,12 +168,14 @@ class PretrainDataModule(pl.LightningDataModule):
         self.input_config, self.max_query_len = input_config, max_query_len
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.max_steps = max_steps
-        self.corpus: dict[str, Any] | None = None
+        self.corpus: Corpus | None = None
         self.dataset: GroundingCaptions | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
-            self.corpus = read_corpus_minimal(self.corpus_dir)
+            from odinw_bench.data.corpus_reader import read_corpus
+
+            self.corpus = read_corpus(self.corpus_dir)
             self.dataset = GroundingCaptions(self.corpus, self.max_query_len)
 
     def train_dataloader(self) -> DataLoader:
@@ -281,7 +194,11 @@ class PretrainDataModule(pl.LightningDataModule):
 
     def describe(self) -> dict[str, Any]:
         """The corpus facts a model card records."""
-        corpus = self.corpus or {}
-        return {"path": str(self.corpus_dir), "format": corpus.get("format"), "version": corpus.get("version"),
-                "generator": corpus.get("generator"), "images": len(corpus.get("images", [])),
-                "captions": len(corpus.get("captions", [])), "categories": len(corpus.get("categories", []))}
+        from odinw_bench.data.corpus_reader import FORMAT_NAME, FORMAT_VERSION
+
+        corpus = self.corpus
+        if corpus is None:
+            return {"path": str(self.corpus_dir)}
+        return {"path": str(self.corpus_dir), "format": FORMAT_NAME, "version": FORMAT_VERSION,
+                "generator": dict(corpus.generator), "images": len(corpus.images), "captions": len(corpus.captions),
+                "categories": len(corpus.categories)}

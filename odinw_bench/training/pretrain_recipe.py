@@ -97,34 +97,11 @@ def load_pretrain_config(path: str | Path | None = None, overrides: Iterable[str
         UserError: For an unreadable file, an unknown key, a wrong type or a value out of range, naming the key and
             the file (or the command line).
     """
-    from omegaconf import OmegaConf
+    from odinw_bench.training.run_config import merge_recipe
 
-    # The fine-tuning recipe's readers: same YAML checks, same error messages.
-    from odinw_bench.training.run_config import (
-        _config_error,
-        _merge,
-        _parse_override,
-        _read_yaml,
-    )
-
-    merged = OmegaConf.structured(PretrainConfig)
     recipe = default_pretrain_config_path()
-    if recipe.is_file():
-        merged = _merge(merged, _read_yaml(recipe), recipe)
-    if path is not None:
-        merged = _merge(merged, _read_yaml(Path(path)), Path(path))
-    from_command_line = set()
-    for item in overrides:
-        key, dotlist = _parse_override(item)
-        merged = _merge(merged, dotlist, None, key)
-        from_command_line.add(key)
-    try:
-        config: PretrainConfig = OmegaConf.to_object(merged)
-    except Exception as err:  # pragma: no cover - merge already validated every value
-        raise _config_error(err, None) from None
-    if config.wandb.mode == "False":  # YAML 1.1 reads a bare `off` as false
-        config.wandb.mode = "off"
-    _check_values(config, from_command_line, Path(path) if path is not None else recipe)
+    config, _, override_keys = merge_recipe(PretrainConfig, recipe, path, overrides)
+    _check_values(config, set(override_keys), Path(path) if path is not None else recipe)
     return config
 
 

@@ -20,7 +20,7 @@ import difflib
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -202,33 +202,56 @@ def load_run_config(path: str | Path | None = None, overrides: Iterable[str] = (
         UserError: For an unreadable file, an unknown key, a value of the wrong type or out of range, or a
             malformed override; naming the key and the file.
     """
-    schema = OmegaConf.structured(RunConfig)
-    merged = schema
     recipe = default_config_path()
+    config, user, override_keys = merge_recipe(RunConfig, recipe, path, overrides)
+    user_keys: set[str] = set()
+    if user is not None:
+        defaults = OmegaConf.to_container(OmegaConf.structured(RunConfig))
+        user_keys = {k for k, v in _leaves(OmegaConf.to_container(user)) if _get(defaults, k) != v}
+    _check_values(config, set(override_keys), Path(path) if path is not None else recipe)
+    config._explicit = frozenset(user_keys | set(override_keys))
+    return config
+
+
+def merge_recipe(schema: type, recipe: Path, path: str | Path | None, overrides: Sequence[str]) -> tuple:
+    """Schema defaults, then the recipe file, a user YAML and ``key=value`` overrides, each checked on merge.
+
+    The fine-tuning recipe and the pre-training recipe are read alike: same checks, same error messages.
+
+    Args:
+        schema: The structured-config dataclass (its defaults are the recipe where the file is absent).
+        recipe: The recipe YAML shipped in ``configs/`` (skipped when an installed copy lacks it).
+        path: A user YAML with any subset of the keys, or None.
+        overrides: Dotted ``key=value`` strings.
+
+    Returns:
+        ``(config, user, override_keys)``: the config object, the user YAML as read (None without one) and the
+        override keys in order.
+
+    Raises:
+        UserError: For an unreadable file, an unknown key, a value of the wrong type or a malformed override.
+    """
+    merged = OmegaConf.structured(schema)
     if recipe.is_file():
         merged = _merge(merged, _read_yaml(recipe), recipe)
     else:  # an installed copy without the repository's configs/: the schema defaults are the same recipe
         logger.debug("recipe %s not found; using the schema defaults", recipe)
-    user_keys: set[str] = set()
+    user = None
     if path is not None:
         user = _read_yaml(Path(path))
         merged = _merge(merged, user, Path(path))
-        defaults = OmegaConf.to_container(schema)
-        user_keys = {k for k, v in _leaves(OmegaConf.to_container(user)) if _get(defaults, k) != v}
     override_keys = []
     for item in overrides:
         key, dotlist = _parse_override(item)
         merged = _merge(merged, dotlist, None, key)
         override_keys.append(key)
     try:
-        config: RunConfig = OmegaConf.to_object(merged)
+        config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:  # pragma: no cover - merge already validated every value
         raise _config_error(err, None) from None
     if config.wandb.mode == "False":  # YAML 1.1 reads a bare `off` as false
         config.wandb.mode = "off"
-    _check_values(config, set(override_keys), Path(path) if path is not None else recipe)
-    config._explicit = frozenset(user_keys | set(override_keys))
-    return config
+    return config, user, override_keys
 
 
 def _read_yaml(path: Path) -> DictConfig:
