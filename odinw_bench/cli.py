@@ -20,7 +20,7 @@ from odinw_bench.runs.arguments import OneLineErrorParser
 
 # Order shown in --help. Plain data: the modules are imported when the parser is built, never at package import.
 COMMANDS: tuple[str, ...] = ("run", "sweep", "tasks", "validate", "download", "evaluate", "report", "demo",
-                             "pretrain")
+                             "corpus", "pretrain")
 
 EPILOG = """\
 examples:

@@ -203,3 +203,17 @@ def test_a_recipe_with_an_unknown_key_names_the_file_and_key(corpus, tmp_path, c
 
 def test_the_recipe_file_and_the_schema_defaults_agree():
     assert load_pretrain_config().to_dict() == PretrainConfig().to_dict()
+
+
+def test_corpus_command_writes_a_corpus_pretrain_reads_and_refuses_bad_values(tmp_path, capsys):
+    out = tmp_path / "corpus"
+    assert main(["corpus", "--out", str(out), "--images", "3", "--size", "64x48", "--no-progress"]) == 0
+    assert "3 images" in capsys.readouterr().out
+    corpus = read_corpus(out)
+    assert len(corpus.images) == 3 and (corpus.images[0].width, corpus.images[0].height) == (64, 48)
+    assert main(["corpus", "--out", str(out), "--images", "3"]) == 2  # exists: refused, nothing changed
+    assert "already exists" in capsys.readouterr().err
+    for bad in (["--images", "0"], ["--size", "64"], ["--size", "16x16"]):
+        assert main(["corpus", "--out", str(tmp_path / "other"), *bad]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "other").exists()

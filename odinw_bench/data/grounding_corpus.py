@@ -54,6 +54,7 @@ def write_corpus(
     n_negatives: tuple[int, int] = (3, 10),
     grounding_per_image: int = 2,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Generate a corpus into ``out_dir`` (same arguments -> byte-identical ``corpus.json`` and images).
 
@@ -69,6 +70,7 @@ def write_corpus(
         n_negatives: Inclusive range of absent category names per detection prompt.
         grounding_per_image: Grounding phrases per image.
         overwrite: Replace an existing ``out_dir``; otherwise an existing one is an error.
+        progress: Show a progress bar over the images.
 
     Returns:
         ``out_dir`` as a Path.
@@ -88,7 +90,7 @@ def write_corpus(
     try:
         settings = {"image_size": list(image_size), "n_objects": list(n_objects), "n_negatives": list(n_negatives),
                     "grounding_per_image": grounding_per_image}
-        corpus = _generate(tmp, n_images, seed, settings)
+        corpus = _generate(tmp, n_images, seed, settings, progress)
         atomic_write_bytes(tmp / CORPUS_FILE, (json.dumps(corpus, separators=(",", ":")) + "\n").encode("utf-8"))
         if out_dir.exists():  # overwrite: move the old corpus aside first, so the rename below cannot fail on it
             stale = out_dir.parent / f".{out_dir.name}.stale-{uuid.uuid4().hex}"
@@ -116,9 +118,10 @@ def _check_arguments(n_images, image_size, n_objects, n_negatives, grounding_per
         raise UserError(f"must be >= 0, got {grounding_per_image}", field="grounding_per_image")
 
 
-def _generate(folder: Path, n_images: int, seed: int, settings: dict) -> dict:
+def _generate(folder: Path, n_images: int, seed: int, settings: dict, progress: bool = False) -> dict:
     """Render every image into ``folder/images`` and return the ``corpus.json`` content."""
     import numpy as np
+    from tqdm.auto import tqdm
 
     from odinw_bench.data.captions import detection_caption, grounding_caption
     from odinw_bench.data.scenes import render_scene
@@ -130,7 +133,7 @@ def _generate(folder: Path, n_images: int, seed: int, settings: dict) -> dict:
     image_size = tuple(settings["image_size"])
     images, annotations, captions = [], [], []
     (folder / IMAGES_DIR).mkdir()
-    for index in range(1, n_images + 1):
+    for index in tqdm(range(1, n_images + 1), desc="corpus", unit="img", disable=not progress, leave=False):
         rng = np.random.default_rng([seed, index])  # one stream per image: image i never depends on the count
         scene = render_scene(rng, categories, image_size, n_objects=tuple(settings["n_objects"]))
         file_name = f"{index:06d}.png"
