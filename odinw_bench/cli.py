@@ -33,7 +33,8 @@ examples:
   python -m odinw_bench evaluate --task aquarium --split test --predictions preds.json
   python -m odinw_bench report results/runs --suite odinw13 --out results/report/odinw13
   python -m odinw_bench demo                                   # offline: zero-shot + 1-shot on synthetic data
-  python -m odinw_bench pretrain --corpus corpus/ --out pretrain/   # pre-train glip-nano on a grounding corpus
+  python -m odinw_bench corpus --out corpus/ --images 10000    # a synthetic grounding corpus
+  python -m odinw_bench pretrain --corpus corpus/ --out pretrain/   # pre-train glip-nano on it
 """
 
 
