@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,13 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from odinw_bench.runs.request import RunRequest
 
 logger = logging.getLogger(__name__)
-
-# Lightning warnings that are expected here: GLIP keeps frozen modules in eval mode on purpose, the module moves
-# DetectionBatch itself, and a Lightning-internal deprecation. Anything else still shows.
-_EXPECTED_LIGHTNING_WARNINGS = (r".*module\(s\) in eval mode at the start of training.*",
-                                r".*overridden `transfer_batch_to_device`.*",
-                                r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-
 
 @dataclass
 class RunOutcome:
@@ -134,14 +126,12 @@ def _per_device_batch(batch_size: int, devices: Any) -> int:
 
 def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
     """Train with Lightning under GLIP's recipe and load the best-val weights back into ``backend``."""
-    import pickle
-    import re
-
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from odinw_bench.training.callbacks import RngStateCheckpoint, glip_callbacks
+    from odinw_bench.training.fitting import guarded_fit
     from odinw_bench.training.module import DetectionModule
     from odinw_bench.training.monitoring import EpochLog
     from odinw_bench.training.run_config import trainer_kwargs
@@ -163,22 +153,9 @@ def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
     if resume_from is not None and not resume_from.is_file():
         logger.warning("no checkpoint to resume from at %s; starting from the beginning", resume_from)
         resume_from = None
-    try:
-        with warnings.catch_warnings():
-            for message in _EXPECTED_LIGHTNING_WARNINGS:
-                warnings.filterwarnings("ignore", message=message)
-            # Explicit weights_only: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 then cannot make a resume run pickled code.
-            trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
-    except torch.cuda.OutOfMemoryError as err:
-        raise UserError("out of GPU memory: lower data.batch_size (global batch) or use trainer.precision=16-mixed;"
-                        " more --devices split the batch", field="data.batch_size") from err
-    except pickle.UnpicklingError as err:  # only the resume unpickles during fit
-        if resume_from is None:
-            raise
-        needed = re.search(r"GLOBAL (\S+)", str(err))
-        why = f"it holds {needed.group(1)}, and loading that would run code" if needed else "it is not readable"
-        raise UserError(f"cannot resume from this checkpoint: {why}; delete it to start the run over",
-                        path=resume_from) from None
+    guarded_fit(trainer, module, dm, ckpt_path=resume_from,
+                oom_hint="lower data.batch_size (global batch) or use trainer.precision=16-mixed; more --devices "
+                         "split the batch")
     best = glip[1]
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]

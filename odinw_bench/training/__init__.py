@@ -5,6 +5,7 @@ Holds:
     run_config: the recipe (``configs/glip_odinw.yaml``) with ``key=value`` overrides, and Trainer settings.
     optim: GLIP's optimiser rules (bias and language learning rates, weight decay groups).
     module, datamodule: the LightningModule and the k-shot DataModule.
+    fitting: one guarded ``trainer.fit`` (weights-only resume, one-line errors) for every fit.
     callbacks: GLIP's plateau schedule, early stopping, skipped non-finite steps, RNG state in checkpoints.
     monitoring: one log line per epoch and the per-epoch history of a run (for logs without a progress bar).
     wandb_logging: the W&B logger of a run (never blocks, never fails a run).

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
-# The same expected Lightning warnings as fine-tuning (runs/runner.py), plus "no validation loop".
-_EXPECTED_WARNINGS = (r".*overridden `transfer_batch_to_device`.*", r".*isinstance\(treespec, LeafSpec\)`.*",
-                      r".*module\(s\) in eval mode at the start of training.*",
-                      r".*defined a `validation_step` but have no `val_dataloader`.*",
+# Expected in pre-training beyond every fit's (training/fitting.py): no validation loop, resuming mid-epoch.
+_EXPECTED_WARNINGS = (r".*defined a `validation_step` but have no `val_dataloader`.*",
                       r".*resuming from a checkpoint that ended before the epoch ended.*")
 
 
@@ -245,21 +242,10 @@ def _trainer_kwargs(config: Any) -> dict[str, Any]:
 
 
 def _fit(trainer: pl.Trainer, module: PretrainModule, dm: Any, last: Path | None) -> None:
-    import pickle
+    from odinw_bench.training.fitting import guarded_fit
 
-    try:
-        with warnings.catch_warnings():
-            for message in _EXPECTED_WARNINGS:
-                warnings.filterwarnings("ignore", message=message)
-            # Explicit weights_only: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 then cannot make a resume run pickled code.
-            trainer.fit(module, datamodule=dm, ckpt_path=last, weights_only=True)
-    except torch.cuda.OutOfMemoryError as err:
-        raise UserError("out of GPU memory: lower data.batch_size", field="data.batch_size") from err
-    except pickle.UnpicklingError as err:  # only the resume unpickles during fit
-        if last is None:
-            raise
-        raise UserError(f"cannot resume from this checkpoint ({str(err).splitlines()[0][:120]}); delete it to "
-                        "start over", path=last) from None
+    guarded_fit(trainer, module, dm, ckpt_path=last, oom_hint="lower data.batch_size",
+                expected_warnings=_EXPECTED_WARNINGS)
 
 
 def _wandb_logger(config: Any, out: Path, name: str, dm: Any) -> Any:
