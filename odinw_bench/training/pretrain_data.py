@@ -9,7 +9,7 @@ so that a resumed pre-training sees exactly the batches an uninterrupted one see
 Example::
 
     dm = PretrainDataModule(corpus_dir, input_config=cfg.input, max_query_len=256, batch_size=8, seed=0,
-                            max_steps=2400)
+                            max_steps=2000)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))     # GroundingBatch
 """
