@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from odinw_bench.data import synthetic
+from odinw_bench.data import export_writer, synthetic
 from odinw_bench.data.coco import read_split
 from odinw_bench.data.images import load_rgb
 from odinw_bench.data.sampling import (
@@ -176,7 +176,7 @@ def test_no_quirks(tmp_path):
 def test_ensure_demo_data_writes_once_and_regenerates_on_version_change(tmp_path, monkeypatch):
     demo = ensure_demo_data(tmp_path / "root")
     assert demo == tmp_path / "root" / "demo"
-    marker = json.loads((demo / synthetic.MARKER_NAME).read_text())
+    marker = json.loads((demo / export_writer.MARKER_NAME).read_text())
     assert marker["generator_version"] == synthetic.GENERATOR_VERSION
     assert (demo / "test" / "annotations_without_background.json").is_file()
     assert not [p for p in (tmp_path / "root").iterdir() if p.name != "demo"]  # no temp folders left
@@ -191,7 +191,7 @@ def test_ensure_demo_data_writes_once_and_regenerates_on_version_change(tmp_path
     (demo / "train" / "stale.txt").write_text("from an older version")
     monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
     ensure_demo_data(tmp_path / "root")
-    assert json.loads((demo / synthetic.MARKER_NAME).read_text())["generator_version"] == synthetic.GENERATOR_VERSION
+    assert json.loads((demo / export_writer.MARKER_NAME).read_text())["generator_version"] == synthetic.GENERATOR_VERSION
     assert not (demo / "train" / "stale.txt").exists()
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["demo"]
 

@@ -4,7 +4,8 @@
 few distractor shapes that belong to no category, then 2-6 objects of the vocabulary at varied scales, placed so
 that each is at most partly hidden by the ones drawn after it. Each object gets a small per-instance style jitter
 (:func:`instance_style`) so that no two instances are identical, within bounds that keep categories apart.
-Example::
+The pieces (:func:`draw_background`, :func:`draw_distractor`, :func:`place_box`) are public for the demo tasks
+(:mod:`odinw_bench.data.demo_suite`), which compose their own scenes from them. Example::
 
     import numpy as np
     from odinw_bench.data.scenes import render_scene
@@ -97,16 +98,16 @@ def render_scene(
     from PIL import Image
 
     width, height = image_size
-    canvas = Image.fromarray(_background(rng, width, height), "RGB")
+    canvas = Image.fromarray(draw_background(rng, width, height), "RGB")
     for _ in range(int(rng.integers(n_distractors[0], n_distractors[1] + 1))):
-        _draw_distractor(canvas, rng)
+        draw_distractor(canvas, rng)
     objects: list[SceneObject] = []
     for _ in range(int(rng.integers(n_objects[0], n_objects[1] + 1))):
         if objects and rng.random() < 0.15:  # sometimes a second instance of a category already there
             category = objects[int(rng.integers(0, len(objects)))].category
         else:
             category = categories[int(rng.integers(0, len(categories)))]
-        box = _place(rng, category, image_size, [o.box for o in objects], size_range)
+        box = place_box(rng, category, image_size, [o.box for o in objects], size_range)
         if box is None:
             continue
         style = instance_style(rng)
@@ -115,8 +116,8 @@ def render_scene(
     return Scene(canvas, tuple(objects))
 
 
-def _background(rng, width: int, height: int):
-    """An ``(height, width, 3)`` uint8 background of a random kind."""
+def draw_background(rng, width: int, height: int):
+    """An ``(height, width, 3)`` uint8 background of a random kind of :data:`BACKGROUNDS`."""
     import numpy as np
 
     kind = BACKGROUNDS[int(rng.integers(0, len(BACKGROUNDS)))]
@@ -139,7 +140,7 @@ def _background(rng, width: int, height: int):
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def _draw_distractor(canvas, rng) -> None:
+def draw_distractor(canvas, rng) -> None:
     """Clutter that is no category: an irregular blob, a line or an arc in a random colour."""
     import numpy as np
     from PIL import ImageDraw
@@ -165,8 +166,16 @@ def _draw_distractor(canvas, rng) -> None:
                 fill=colour, width=int(rng.integers(1, 4)))
 
 
-def _place(rng, category: Category, image_size, taken, size_range) -> tuple[int, int, int, int] | None:
-    """A box for ``category`` that leaves every earlier box at most :data:`MAX_OCCLUDED` covered, or None."""
+def place_box(rng, category: Category, image_size, taken, size_range) -> tuple[int, int, int, int] | None:
+    """A box for ``category`` that leaves every earlier box at most :data:`MAX_OCCLUDED` covered, or None.
+
+    Args:
+        rng: Random generator.
+        category: What is placed (its ``aspect`` shapes the box).
+        image_size: ``(width, height)``.
+        taken: Boxes ``(x, y, w, h)`` drawn before, in drawing order.
+        size_range: Range of the long side, as a fraction of the image's short side (log-uniform).
+    """
     import numpy as np
 
     width, height = image_size

@@ -20,35 +20,35 @@ the image, a degenerate box, and non-contiguous annotation ids (1-based).
 from __future__ import annotations
 
 import io
-import json
 import logging
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from odinw_bench.atomic import atomic_write_bytes
-from odinw_bench.errors import UserError
+from odinw_bench.data.export_writer import (
+    SPLIT_FOLDERS,
+    coco_box,
+    coco_image,
+    ensure_generated,
+    jpeg_bytes,
+    write_split_files,
+)
 
 logger = logging.getLogger(__name__)
 
 # Bump when the generated files change, so cached demo data is regenerated (2: annotation ids start at 1).
 GENERATOR_VERSION = 2
-MARKER_NAME = ".odinw_bench_synthetic.json"
+#: The recipe name the fruit generator records in its marker (a task YAML names it by an empty synthetic_recipe).
+FRUIT_RECIPE = "fruit"
 DEMO_CATEGORIES: tuple[dict, ...] = (
     {"id": 1, "name": "apple", "supercategory": "fruit"},
     {"id": 2, "name": "banana", "supercategory": "fruit"},
     {"id": 3, "name": "cherry", "supercategory": "fruit"},
     {"id": 4, "name": "lemon", "supercategory": "fruit"},
 )
-# (folder, name used in GLIP's few-shot file names); test has no prepared files in ODinW.
-_FOLDERS = (("train", "train"), ("valid", "val"), ("test", None))
 # Train-image index of each quirk (quirks=True needs n_train > the largest).
 QUIRK_INDEX = {"grayscale": 0, "rgba": 1, "exif": 2, "no_boxes": 3, "spaces": 4, "overflow": 5, "degenerate": 6}
 EXIF_ORIENTATION = 6  # "rotate 90° clockwise to display": the stored pixels are the displayed image turned back
-_DATE = "2021-01-01T00:00:00+00:00"  # fixed, so the JSON bytes are reproducible
 
 # Per-category look: RGB colour, width range in pixels, height / width ratio.
 _LOOKS = {
@@ -95,15 +95,13 @@ def write_synthetic_export(
         raise ValueError(f"quirks=True needs n_train > {max(QUIRK_INDEX.values())}")
     out_dir = Path(out_dir)
     counts = {"train": n_train, "valid": n_valid, "test": n_test}
-    for offset, (folder, fewshot_name) in enumerate(_FOLDERS):
+    for offset, (folder, fewshot_name) in enumerate(SPLIT_FOLDERS):
         rng = np.random.default_rng([seed, offset])  # one stream per split: sizes of one split never shift another
         split_dir = out_dir / folder
         split_dir.mkdir(parents=True, exist_ok=True)
         split_quirks = quirks and folder == "train"
         coco = _write_split_images(split_dir, folder, counts[folder], image_size, categories, split_quirks, rng)
-        _write_annotation_files(split_dir, coco, categories)
-        if fewshot_name is not None:
-            _write_fewshot_files(split_dir, fewshot_name)
+        write_split_files(split_dir, coco, categories, fewshot_name, version=str(GENERATOR_VERSION))
     logger.info("wrote synthetic export to %s", out_dir)
     return out_dir
 
@@ -112,7 +110,8 @@ def ensure_demo_data(data_root: str | Path) -> Path:
     """Generate the ``demo`` task's data under ``<data_root>/demo`` unless an up-to-date copy is there.
 
     The export is written to a temporary folder and renamed into place, so a crash never leaves a half-written
-    dataset, and concurrent callers (parallel tests) end up with one complete copy.
+    dataset, and concurrent callers (parallel tests) end up with one complete copy (see
+    :func:`~odinw_bench.data.export_writer.ensure_generated`).
 
     Returns:
         The ``demo`` folder.
@@ -120,40 +119,10 @@ def ensure_demo_data(data_root: str | Path) -> Path:
     Raises:
         UserError: If ``data_root`` cannot be written.
     """
-    data_root = Path(data_root).expanduser()
-    target = data_root / "demo"
-    wanted = {"generator_version": GENERATOR_VERSION, "seed": 0}
-    if _marker(target) == wanted:
-        return target
-    try:
-        data_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".demo.tmp-", dir=data_root))
-    except OSError as err:
-        raise UserError(f"cannot write the demo data: {err.strerror or err}", path=data_root) from None
-    try:
-        write_synthetic_export(tmp)
-        atomic_write_bytes(tmp / MARKER_NAME, json.dumps(wanted, sort_keys=True).encode())
-        if _marker(target) == wanted:  # another process finished first: keep its copy, readers may be using it
-            return target
-        if target.exists():  # an older generator version: move it aside, then delete it
-            stale = data_root / f".demo.stale-{uuid.uuid4().hex}"
-            os.rename(target, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        os.rename(tmp, target)
-        logger.info("generated demo data in %s", target)
-    except OSError as err:
-        if _marker(target) != wanted:  # not a lost race against another process: a real failure
-            raise UserError(f"cannot write the demo data: {err.strerror or err}", path=target) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _marker(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / MARKER_NAME).read_text())
-    except (OSError, ValueError):
-        return None
+    target = Path(data_root).expanduser() / "demo"
+    marker = {"generator_version": GENERATOR_VERSION, "recipe": FRUIT_RECIPE, "seed": 0}
+    # write_synthetic_export is looked up when called, so tests can replace it.
+    return ensure_generated(target, marker, lambda folder: write_synthetic_export(folder), what="the demo data")
 
 
 def _write_split_images(split_dir, folder, n_images, image_size, categories, quirks, rng) -> dict:
@@ -168,32 +137,13 @@ def _write_split_images(split_dir, folder, n_images, image_size, categories, qui
         file_name = stem + (".png" if quirk in ("grayscale", "rgba") else ".jpg")
         encoded = _encode(canvas, quirk)
         atomic_write_bytes(split_dir / file_name, encoded)
-        width, height = image_size  # as displayed: the EXIF image's stored pixels are turned, its JSON size is not
-        images.append(
-            {
-                "id": index,
-                "license": 1,
-                "file_name": file_name,
-                "height": height,
-                "width": width,
-                "date_captured": _DATE,
-            }
-        )
+        # As displayed: the EXIF image's stored pixels are turned, its JSON size is not.
+        images.append(coco_image(index, file_name, image_size))
         for category_id, bbox in boxes:
             # Non-contiguous ids (gaps of 0-2), as exports merged or edited in Roboflow have; 1-based, as COCO's
             # own files are (pycocotools never matches a ground-truth box whose id is 0).
             next_ann_id += 1 + (int(rng.integers(0, 3)) if quirks else 0)
-            annotations.append(
-                {
-                    "id": next_ann_id,
-                    "image_id": index,
-                    "category_id": category_id,
-                    "bbox": bbox,
-                    "area": bbox[2] * bbox[3],
-                    "segmentation": [],
-                    "iscrowd": 0,
-                }
-            )
+            annotations.append(coco_box(next_ann_id, index, category_id, bbox))
     return {"images": images, "annotations": annotations}
 
 
@@ -277,52 +227,18 @@ def _encode(canvas, quirk: str | None) -> bytes:
     """Encode one image as its quirk asks: JPEG by default, grayscale / RGBA PNG, or EXIF-rotated JPEG."""
     from PIL import Image
 
+    if quirk not in ("grayscale", "rgba", "exif"):
+        return jpeg_bytes(canvas)
     buffer = io.BytesIO()
-    stored = canvas
     if quirk == "grayscale":
-        stored = canvas.convert("L")
-        stored.save(buffer, format="PNG")
+        canvas.convert("L").save(buffer, format="PNG")
     elif quirk == "rgba":
         stored = canvas.convert("RGBA")
         stored.putalpha(230)
         stored.save(buffer, format="PNG")
-    elif quirk == "exif":
+    else:
         # Store the pixels turned 90° counter-clockwise; a viewer honouring the tag turns them back.
-        stored = canvas.transpose(Image.Transpose.ROTATE_90)
         exif = Image.Exif()
         exif[0x0112] = EXIF_ORIENTATION
-        stored.save(buffer, format="JPEG", quality=92, exif=exif.tobytes())
-    else:
-        stored.save(buffer, format="JPEG", quality=92)
+        canvas.transpose(Image.Transpose.ROTATE_90).save(buffer, format="JPEG", quality=92, exif=exif.tobytes())
     return buffer.getvalue()
-
-
-def _write_annotation_files(split_dir: Path, coco: dict, categories: list[dict]) -> None:
-    """Write the raw Roboflow file (with the id-0 placeholder) and GLIP's ``annotations_without_background``."""
-    supercategory = categories[0].get("supercategory") or "objects"
-    raw = {
-        "info": {"description": "odinw_bench synthetic ODinW-style export", "version": str(GENERATOR_VERSION)},
-        "licenses": [{"id": 1, "name": "CC BY 4.0", "url": "https://creativecommons.org/licenses/by/4.0/"}],
-        "categories": [{"id": 0, "name": supercategory, "supercategory": "none"}] + categories,
-        **coco,
-    }
-    clean = {**raw, "categories": categories}
-    atomic_write_bytes(split_dir / "_annotations.coco.json", _json_bytes(raw))
-    atomic_write_bytes(split_dir / "annotations_without_background.json", _json_bytes(clean))
-
-
-def _write_fewshot_files(split_dir: Path, fewshot_name: str) -> None:
-    """Write ``fewshot_{name}_shot{k}_seed{s}.json`` with GLIP's k-shot rule, as the official files are laid out."""
-    from odinw_bench.data.coco import read_split
-    from odinw_bench.data.sampling import DEFAULT_SEEDS, PREPARED_SHOTS, glip_kshot_ids
-
-    split = read_split(split_dir / "annotations_without_background.json", split_dir)
-    for shots in PREPARED_SHOTS:
-        for seed in DEFAULT_SEEDS:
-            chosen = split.subset(glip_kshot_ids(split, shots, seed)).to_coco_dict()
-            path = split_dir / f"fewshot_{fewshot_name}_shot{shots}_seed{seed}.json"
-            atomic_write_bytes(path, _json_bytes(chosen))
-
-
-def _json_bytes(data: dict) -> bytes:
-    return (json.dumps(data, indent=1) + "\n").encode("utf-8")

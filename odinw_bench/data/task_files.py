@@ -34,10 +34,38 @@ def prepare_data_root(task: TaskSpec, data_root: str | Path | None = None) -> Pa
     """
     root = resolve_data_root(task, data_root)
     if task.synthetic:
+        ensure_synthetic_task(task, root)
+    return root
+
+
+def ensure_synthetic_task(task: TaskSpec, data_root: str | Path) -> Path:
+    """Generate a synthetic task's data under ``data_root`` with the generator its YAML names, unless up to date.
+
+    ``synthetic_recipe: ""`` is the fruit ``demo`` generator (its folder is ``<data_root>/demo``); any other value
+    names a recipe of :mod:`odinw_bench.data.demo_suite`, generated in the task's folder.
+
+    Returns:
+        The task's folder.
+
+    Raises:
+        UserError: For an unknown recipe (naming the task's YAML and the field), or a data root that cannot be
+            written.
+    """
+    if not task.synthetic_recipe:
         from odinw_bench.data.synthetic import ensure_demo_data
 
-        ensure_demo_data(root)
-    return root
+        return ensure_demo_data(data_root)
+    from odinw_bench.data.demo_suite import demo_recipes, ensure_demo_task
+
+    recipes = demo_recipes()
+    if task.synthetic_recipe not in recipes:
+        from odinw_bench.tasks.registry import tasks_dir
+
+        yaml_path = tasks_dir() / f"{task.name}.yaml" if _is_registered(task) else None  # else: no path known
+        raise UserError(f"unknown recipe {task.synthetic_recipe!r} of task '{task.name}'; known: "
+                        f"{', '.join(recipes)} (or \"\" for the fruit demo generator)", path=yaml_path,
+                        field="synthetic_recipe")
+    return ensure_demo_task(recipes[task.synthetic_recipe], task.task_dir(data_root))
 
 
 def load_task_split(task: TaskSpec, split: str, data_root: str | Path) -> CocoSplit:

@@ -163,6 +163,8 @@ def _check_task(task: TaskSpec, path: Path) -> None:
     if task.download and not DOWNLOAD_NAME_RE.match(task.download):
         fail(f"{task.download!r} is not a zip name (letters, digits, '_' and '-', without '.zip'; e.g. 'Aquarium')",
              "download")
+    if task.synthetic_recipe and not task.synthetic:
+        fail("a generator recipe needs `synthetic: true` (only synthetic tasks are generated)", "synthetic_recipe")
     if not task.categories:
         fail("a task needs at least one category", "categories")
     for attr in ("id", "name"):

@@ -79,7 +79,9 @@ class TaskSpec:
         zero_shot_split: Default split for zero-shot evaluation (GLIP README: the validation split).
         prompt: The default prompt (GLIP ``odinw_13``: plain category names).
         prompt_variants: Named alternative prompts, e.g. ``odinw_35`` (caption prompts, renamed categories).
-        synthetic: True for built-in tasks whose data odinw_bench generates (the ``demo`` task).
+        synthetic: True for built-in tasks whose data odinw_bench generates (the ``demo`` task, the demo suite).
+        synthetic_recipe: Which generator writes a synthetic task's data: ``""`` is the fruit ``demo`` generator
+            (:mod:`odinw_bench.data.synthetic`), any other name a recipe of :mod:`odinw_bench.data.demo_suite`.
     """
 
     name: str = MISSING
@@ -97,6 +99,7 @@ class TaskSpec:
     prompt: PromptSpec = field(default_factory=PromptSpec)
     prompt_variants: dict[str, PromptSpec] = field(default_factory=dict)
     synthetic: bool = False
+    synthetic_recipe: str = ""
 
     @property
     def category_names(self) -> list[str]:
