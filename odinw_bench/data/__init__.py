@@ -8,7 +8,9 @@ Holds:
     images: :func:`~odinw_bench.data.images.load_rgb`, EXIF-aware RGB loading with a clear error for bad files.
     sampling: :func:`~odinw_bench.data.sampling.sample_kshot`, GLIP's k-shot rule and the prepared few-shot files.
     prompts, tokenizer: captions, token spans, positive maps and chunks, with the packaged BERT vocabulary.
-    synthetic: a deterministic Roboflow-style export (the offline ``demo`` task).
+    synthetic: a deterministic Roboflow-style export (the offline fruit ``demo`` task).
+    demo_suite, demo_looks: the demo suite's tasks (recipes as data; new looks, backgrounds and a sketch style).
+    export_writer: the export layout both write (annotation and few-shot files, generated-once task folders).
     drawing, vocabulary: the synthetic visual vocabulary (named categories drawn procedurally, with styles for a
         domain shift).
     scenes, captions, grounding_corpus, corpus_reader: the synthetic grounding corpus for pre-training (scenes,

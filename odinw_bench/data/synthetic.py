@@ -8,7 +8,8 @@ The export has the layout of an ODinW zip (a Roboflow COCO export plus GLIP's fi
 ``test/``, each with its images, the raw ``_annotations.coco.json`` (with Roboflow's id-0 supercategory
 placeholder), ``annotations_without_background.json`` (without it), and prepared few-shot files
 ``train/fewshot_train_shot{k}_seed{s}.json`` / ``valid/fewshot_val_shot{k}_seed{s}.json`` for k in 1/3/5/10 and
-seeds 3/30/300, drawn with GLIP's k-shot rule.
+seeds 3/30/300, drawn with GLIP's k-shot rule; :mod:`odinw_bench.data.export_writer` writes them (the demo suite,
+:mod:`odinw_bench.data.demo_suite`, shares it).
 
 Each category has its own shape and colour on a noisy background, so a small detector can learn them:
 apple = red disc, banana = yellow elongated ellipse, cherry = pair of small dark-red discs, lemon = yellow-green
