@@ -15,6 +15,8 @@ from odinw_bench.data.grounding_corpus import GENERATOR_NAME, write_corpus
 from odinw_bench.errors import UserError
 from odinw_bench.models.glip.backend import GLIPBackend, load_glip
 from odinw_bench.models.glip.config import get_preset
+from odinw_bench.results.records import iter_records
+from odinw_bench.tasks.registry import load_suite
 from odinw_bench.training.pretrain import PretrainModule, run_pretraining
 from odinw_bench.training.pretrain_data import GroundingCaptions, GroundingCollate
 from odinw_bench.training.pretrain_recipe import PretrainConfig, load_pretrain_config
@@ -124,6 +126,14 @@ def test_pretrain_command_writes_weights_and_card_that_load_glip_verifies(corpus
         assert card[key] is not None, key
     assert card["corpus"]["generator"]["name"] == GENERATOR_NAME and card["steps"] == 2
     assert (out / "MODEL_CARD.md").read_text().count(card["weights"]["sha256"]) == 1
+    # The card reports the weights' zero-shot AP on the demo suite, from ordinary zero-shot runs under out/.
+    figure = card["zero_shot"]
+    assert figure["suite"] == "demo_suite" and set(figure["tasks"]) == {t.name for t in load_suite("demo_suite")}
+    records = {record["task"]["name"]: record for _, record in iter_records([out / "zero_shot" / "runs"])}
+    for task, entry in figure["tasks"].items():
+        assert entry["ap"] == round(100 * records[task]["metrics"]["AP"], 2)
+    assert figure["mean_ap"] == pytest.approx(sum(t["ap"] for t in figure["tasks"].values()) / 4, abs=0.01)
+    assert "Zero-shot AP on `demo_suite`" in (out / "MODEL_CARD.md").read_text()
 
     models = tmp_path / "models"
     (models / "glip-nano").mkdir(parents=True)

@@ -89,6 +89,42 @@ def write_model_outputs(out: Path, backend: Any, *, config: Any, recipe_path: An
     return weights_path, card_path, card
 
 
+def add_zero_shot(out: str | Path, figure: dict) -> dict:
+    """Write ``figure`` (:func:`odinw_bench.runs.card_evaluation.evaluate_zero_shot`) into the card in ``out``.
+
+    Both ``model_card.json`` and ``MODEL_CARD.md`` are rewritten atomically; the weights are not touched, so their
+    sha256 still matches.
+
+    Returns:
+        The updated card.
+    """
+    from odinw_bench.atomic import atomic_write_text
+    from odinw_bench.jsonio import read_json_file
+
+    card_path = Path(out) / CARD_JSON
+    card = read_json_file(card_path, what="model card")
+    card["zero_shot"] = figure
+    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
+    atomic_write_text(Path(out) / CARD_MD, render_markdown(card))
+    return card
+
+
+def _zero_shot_markdown(card: dict) -> str:
+    """The card's zero-shot table, or nothing when the card has none."""
+    figure = card.get("zero_shot")
+    if not figure:
+        return ""
+    rows = "\n".join(f"| {task} | {t['ap']:.1f} | `{t['command']}` |" for task, t in figure["tasks"].items())
+    return f"""
+## Zero-shot AP on `{figure['suite']}` (split `{figure['split']}`, AP x 100)
+
+| task | AP | reproduce |
+|---|---:|---|
+{rows}
+| **mean** | **{figure['mean_ap']:.1f}** | |
+"""
+
+
 def render_markdown(card: dict) -> str:
     """The human-readable model card."""
     w, corpus, hw = card["weights"], card["corpus"], card["hardware"]
@@ -116,4 +152,4 @@ only the corpus's categories and visual style, nothing of real photographs; its 
 
 `--model {card['model']}` loads these weights only if their sha256 matches `model_card.json`; without shipped
 weights the preset starts from random weights (with a warning), as `glip-micro` does.
-"""
+""" + _zero_shot_markdown(card)
