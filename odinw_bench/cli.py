@@ -32,7 +32,7 @@ examples:
   python -m odinw_bench validate --task aquarium --data-root DATASET/odinw
   python -m odinw_bench evaluate --task aquarium --split test --predictions preds.json
   python -m odinw_bench report results/runs --suite odinw13 --out results/report/odinw13
-  python -m odinw_bench demo                                   # offline: zero-shot + 1-shot on synthetic data
+  python -m odinw_bench demo                                   # offline: glip-nano's transfer, the paper's table
   python -m odinw_bench corpus --out corpus/ --images 10000    # a synthetic grounding corpus
   python -m odinw_bench pretrain --corpus corpus/ --out pretrain/   # pre-train glip-nano on it
 """

@@ -1,18 +1,14 @@
-"""Predicting a split, scoring it, and the offline demo end to end (synthetic data, glip-micro, CPU)."""
+"""Predicting a split and scoring it (synthetic data, glip-micro, CPU); the demo command: tests/test_demo_command.py."""
 
 from __future__ import annotations
-
-import csv
 
 import pytest
 import torch
 
-from odinw_bench.cli import main
 from odinw_bench.data.images import CorruptImageError, load_rgb
 from odinw_bench.data.task_files import load_task_split, prepare_data_root
 from odinw_bench.models.glip.backend import GLIPBackend
-from odinw_bench.results.evaluation import evaluate_detections, read_predictions
-from odinw_bench.results.records import read_record
+from odinw_bench.results.evaluation import evaluate_detections
 from odinw_bench.runs.inference import evaluate_split, predict_split
 from odinw_bench.tasks.registry import load_task
 
@@ -81,23 +77,3 @@ def test_corrupt_evaluation_image_is_an_error(demo_split, detecting_backend, tmp
     bad.images[0].path = broken
     with pytest.raises(CorruptImageError, match="broken.jpg"):
         predict_split(detecting_backend, bad, progress=False)
-
-
-def _leaderboard_rows(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def test_demo_runs_zero_shot_and_fine_tuning_and_prints_the_report(tmp_path, capsys):
-    out, data = tmp_path / "results", tmp_path / "data"
-    assert main(["demo", "--output", str(out), "--data-root", str(data), "--epochs", "1", "--no-progress"]) == 0
-    printed = capsys.readouterr().out
-    assert "zero-shot" in printed and "full" in printed and "glip-micro" in printed and "mean" in printed
-    files = [p for p in sorted(out.glob("runs/demo/glip-micro/*/*.json")) if not p.stem.endswith("_predictions")]
-    records = {read_record(p)["regime"]: read_record(p) for p in files}
-    assert set(records) == {"zero-shot", "full"}
-    assert records["zero-shot"]["shots"] == 0 and records["full"]["shots"] == 1
-    assert set(records["full"]["metrics"]) >= {"AP", "AP50", "AP-apple", "AP-lemon", "select/val_AP"}
-    for path in files:
-        assert isinstance(read_predictions(path.with_name(path.stem + "_predictions.json")), list)
-    assert len(_leaderboard_rows(out / "leaderboard.csv")) == 2
