@@ -105,6 +105,10 @@ def test_resume_after_a_crash_reaches_the_uninterrupted_result(tmp_path, data_ro
     assert [e["epoch"] for e in resumed["history"]] == [e["epoch"] for e in uninterrupted["history"]] == [0, 1]
     assert [e["val_AP"] for e in resumed["history"]] == [e["val_AP"] for e in uninterrupted["history"]]
     assert len(_rows(tmp_path / "resumed")) == 1
+    # Once recorded, the run's resume state is deleted (it is ~3x the model); the best weights stay.
+    ckpt_dir = tmp_path / "resumed" / "checkpoints" / resumed["run_id"]
+    assert not (ckpt_dir / "last.ckpt").exists()
+    assert (ckpt_dir / "model_best.ckpt").is_file() and resumed["config"]["fit"]["best_checkpoint"]
 
 
 def test_wandb_offline_logs_metrics_and_off_creates_nothing(tmp_path, data_root):

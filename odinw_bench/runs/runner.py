@@ -196,6 +196,8 @@ def _save(req, backend, dm, ctx, result, predictions, params, timings, fit_info)
     predictions_path = path.with_name(path.stem + "_predictions.json")
     write_predictions(predictions_path, predictions)
     write_record(path, record)
+    if req.regime.fit:  # the run is recorded: its resume state (weights + Adam's, ~3x the model) has no use left
+        (req.output / "checkpoints" / ctx["run_id"] / "last.ckpt").unlink(missing_ok=True)
     # The row is derived from the records on disk: this run's row, and any row that a run killed between its
     # record and its row lost (a kill right here loses nothing for good: the next run or sweep restores it).
     repair_leaderboard(req.output / "leaderboard.csv", req.output / "runs")
