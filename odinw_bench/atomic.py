@@ -112,10 +112,13 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
     sweep_orphan_temps(path.parent)
     tmp = temp_path(path)
     _create(tmp)
+    created_mode = _mode_of(tmp)
     try:
         yield tmp
-        mode = _mode_of(path)
-        if mode is not None:  # after writing: a read-only target must not make the temp file unwritable
+        # After writing (a read-only target must not make the temp file unwritable): the mode of the file it
+        # replaces, else the one open() gives; writers that recreate the file (safetensors) would leave 0600.
+        mode = _mode_of(path) or created_mode
+        if mode is not None and _mode_of(tmp) != mode:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

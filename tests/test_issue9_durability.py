@@ -335,6 +335,18 @@ def test_outputs_respect_the_umask(tmp_path, umask):
 
 
 @posix_only
+def test_weights_written_by_safetensors_respect_the_umask(tmp_path, umask):
+    """safetensors recreates the file it writes (0600); the atomic target gives it open()'s mode back."""
+    import torch
+    from safetensors.torch import save_file
+
+    target = tmp_path / "weights.safetensors"
+    with atomic.atomic_target(target) as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp))
+    assert _mode(target) == 0o666 & ~umask
+
+
+@posix_only
 def test_a_rewrite_keeps_the_mode_of_the_file_it_replaces(tmp_path):
     target = tmp_path / "record.json"
     atomic.atomic_write_text(target, json.dumps({"a": 1}))
