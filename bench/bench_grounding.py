@@ -40,7 +40,7 @@ def phrase_choice(backend, corpus, kind: str, limit: int, batch_size: int = 4) -
         logits, anchors = torch.cat(outputs["logits"], 1), torch.cat(anchors, 0)  # (B, A, L), (A, 4)
         cx, cy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
         for image, target in enumerate(batch.targets):
-            phrases = target["positive_map"].bool()  # (G, L)
+            phrases = target["positive_map"].bool()[:, :logits.shape[-1]]  # (G, L'): the model trims padding
             for g, (x0, y0, x1, y1) in enumerate(target["boxes"].tolist()):
                 inside = (cx > x0) & (cx < x1) & (cy > y0) & (cy < y1)
                 if not inside.any():

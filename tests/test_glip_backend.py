@@ -179,3 +179,38 @@ def test_tokens_cached_during_inference_can_be_trained_on(backend):
     loss = sum(backend.compute_losses(backend.preprocess(_images(), targets)).values())
     loss.backward()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("prompt_tuning", [False, True])
+def test_trimmed_text_gives_the_padded_losses_and_gradients(prompt_tuning):
+    """Fine-tuning batches (one caption, padded to 256) train the same with the text trimmed to the caption."""
+    torch.manual_seed(0)
+    model = GLIPBackend.from_preset("glip-micro")
+    if prompt_tuning:
+        model.enable_prompt_tuning()
+        with torch.no_grad():  # a tuned offset, so that its rows matter
+            model.model.rpn.tunable_linear.weight.normal_(std=0.1)
+    for module in model.modules():  # dropout would draw different masks for different widths
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.model.rpn.head.apply(lambda m: setattr(m, "dropout", 0.0) if hasattr(m, "dropout")
+                               and isinstance(m.dropout, float) else None)
+    model.set_vocabulary(["apple", "banana split", "cherry"])
+    targets = [{"boxes": [[10, 10, 60, 50], [70, 20, 110, 90]], "labels": [0, 2]},
+               {"boxes": [[5, 30, 80, 100]], "labels": [1]}]
+    batch = model.preprocess(_images(), targets)
+    results = {}
+    for trim in (False, True):
+        model.model.trim_text = trim
+        model.zero_grad()
+        losses = model.compute_losses(batch)
+        sum(losses.values()).backward()
+        results[trim] = ({k: v.detach() for k, v in losses.items()},
+                         {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (padded, padded_grads), (trimmed, trimmed_grads) = results[False], results[True]
+    assert padded["loss_dot_product_token"] > 0
+    for name in padded:
+        torch.testing.assert_close(trimmed[name], padded[name], rtol=1e-5, atol=1e-6)
+    assert padded_grads.keys() == trimmed_grads.keys()
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(trimmed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -15,12 +15,11 @@ from odinw_bench.models.glip.checkpoint import (
     tolerated_reason,
 )
 from odinw_bench.models.glip.config import get_preset
+from odinw_bench.models.glip.dyconv import set_deform_implementation
 from odinw_bench.models.glip.fusion import BiMultiHeadAttention
 from odinw_bench.models.glip.model import GLIP
 from odinw_bench.models.glip.official_config import from_official_yaml
 from odinw_bench.models.glip.postprocess import rescale_boxes
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +36,23 @@ def cpu_fixture_model(glip_reference):
     return model.eval()
 
 
-@pytest.fixture(params=DEVICES)
+# The fast paths (text trimmed to the batch's captions, gather-based deformable convolution) are the default; the
+# reference paths (text padded to 256 as in the fixture, torchvision's kernels) must give the same numbers.
+PATHS = {"fast": (True, "sampled"), "reference": (False, "torchvision")}
+CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+DEVICE_PATHS = [pytest.param((device, path), id=f"{device}-{path}", marks=[CUDA_ONLY] if device == "cuda" else [])
+                for device in ("cpu", "cuda") for path in PATHS]
+
+
+@pytest.fixture(params=DEVICE_PATHS)
 def fixture_model(request, cpu_fixture_model):
-    """The fixture model on each available device (CUDA runs the same parity checks where a GPU is present)."""
-    return cpu_fixture_model.to(request.param)
+    """The fixture model on each available device (CUDA runs the same parity checks where a GPU is present), on
+    the fast and on the reference computation paths."""
+    device, path = request.param
+    trim_text, deform = PATHS[path]
+    cpu_fixture_model.trim_text = trim_text
+    set_deform_implementation(cpu_fixture_model, deform)
+    return cpu_fixture_model.to(device)
 
 
 def _inputs(ref, device="cpu"):
@@ -80,6 +92,24 @@ def test_fixture_detections_equal_official(fixture_model, glip_reference):
         want = sorted(map(tuple, ref_original.round(decimals=2).tolist()))
         assert len(got) == len(want)
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=2e-2, rtol=0)
+
+
+def test_fast_paths_give_the_reference_logits_on_the_fixture(cpu_fixture_model, glip_reference):
+    images, _, ids, mask, _ = _inputs(glip_reference)
+    runs = {}
+    with torch.no_grad():
+        for path, (trim_text, deform) in PATHS.items():
+            cpu_fixture_model.trim_text = trim_text
+            set_deform_implementation(cpu_fixture_model, deform)
+            outputs, _ = cpu_fixture_model.forward_head(images, ids, mask)
+            runs[path] = outputs
+    width = runs["fast"]["logits"][0].shape[-1]
+    assert width == int(mask.sum(1).max()) + 1 < ids.shape[1] == 256  # the fixture's captions are padded to 256
+    for fast, reference in zip(runs["fast"]["logits"], runs["reference"]["logits"]):
+        torch.testing.assert_close(fast, reference[..., :width], rtol=0, atol=1e-4)
+    for key in ("bbox_reg", "centerness"):
+        for fast, reference in zip(runs["fast"][key], runs["reference"][key]):
+            torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
 
 
 def _train_targets(ref, device="cpu"):

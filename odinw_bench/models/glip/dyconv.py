@@ -5,8 +5,10 @@ level l−1 at stride 2, level l+1 upsampled), weights them with scale-aware att
 ReLU. Parameter names mirror ``rpn/vldyhead.DyConv`` in the official code (``DyConv.{0,1,2}.conv``,
 ``DyConv.{0,1,2}.bn``, ``AttnConv.1``, ``offset``, ``relu.fc.{0,2}``) so official checkpoints load unchanged.
 
-The modulated deformable convolution is ``torchvision.ops.deform_conv2d``; its offset layout (tap k = 3i+j:
-channel 2k is dy, 2k+1 is dx, mask channel k) and bilinear boundary rule are those of GLIP's CUDA kernel.
+The modulated deformable convolution's offset layout (tap k = 3i+j: channel 2k is dy, 2k+1 is dx, mask channel k)
+and bilinear boundary rule are those of GLIP's CUDA kernel. It runs as gathers and a matmul
+(:mod:`odinw_bench.models.glip.deform_sampling`, several times faster on CPU, forward and backward);
+``torchvision.ops.deform_conv2d`` is the reference path (:func:`set_deform_implementation`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
+from odinw_bench.models.glip.deform_sampling import deform_conv2d_sampled
+
 logger = logging.getLogger(__name__)
 
 #: Offset channels of a 3×3 modulated deformable conv: a (dy, dx) pair per kernel tap.
 OFFSET_CHANNELS = 18
 #: Modulation-mask channels: one per kernel tap.
 MASK_CHANNELS = 9
+#: Implementations of the modulated deformable convolution: the fast default first, the reference second.
+DEFORM_IMPLEMENTATIONS = ("sampled", "torchvision")
 
 
 class HSigmoid(nn.Module):
@@ -43,12 +49,14 @@ class ModulatedDeformConv3x3(nn.Module):
     """Modulated deformable 3×3 convolution (DCNv2) with padding 1 and bias.
 
     Holds ``weight`` (out, in, 3, 3) and ``bias`` (out,) like GLIP's ``ModulatedDeformConv``, whose init it
-    also follows (uniform ±1/sqrt(in·9), zero bias).
+    also follows (uniform ±1/sqrt(in·9), zero bias). ``implementation`` picks the kernel (not a weight, not
+    saved): ``"sampled"`` (gathers + matmul) or ``"torchvision"`` (the reference).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
         self.stride = stride
+        self.implementation = DEFORM_IMPLEMENTATIONS[0]
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
         self.bias = nn.Parameter(torch.empty(out_channels))
         bound = 1.0 / math.sqrt(in_channels * 9)
@@ -76,7 +84,31 @@ class ModulatedDeformConv3x3(nn.Module):
     def _conv(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         weight = self.weight.to(x.dtype)
         bias = self.bias.to(x.dtype)
-        return deform_conv2d(x, offset, weight, bias, stride=self.stride, padding=1, mask=mask)
+        if self.implementation == "torchvision":
+            return deform_conv2d(x, offset, weight, bias, stride=self.stride, padding=1, mask=mask)
+        return deform_conv2d_sampled(x, offset.to(x.dtype), weight, bias, self.stride, mask.to(x.dtype))
+
+
+def set_deform_implementation(model: nn.Module, implementation: str) -> int:
+    """Switch every modulated deformable convolution in ``model`` to ``implementation``.
+
+    Args:
+        model: Any module (a GLIP model, a backend's ``model``).
+        implementation: ``"sampled"`` (default, fast) or ``"torchvision"`` (the reference kernels).
+
+    Returns:
+        How many convolutions were switched.
+
+    Raises:
+        ValueError: For an unknown implementation.
+    """
+    if implementation not in DEFORM_IMPLEMENTATIONS:
+        raise ValueError(f"deformable convolution implementation must be one of {DEFORM_IMPLEMENTATIONS}, "
+                         f"not {implementation!r}")
+    convs = [m for m in model.modules() if isinstance(m, ModulatedDeformConv3x3)]
+    for conv in convs:
+        conv.implementation = implementation
+    return len(convs)
 
 
 class Conv3x3Norm(nn.Module):

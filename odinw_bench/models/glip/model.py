@@ -38,6 +38,23 @@ logger = logging.getLogger(__name__)
 TUNABLE_LINEAR_ROWS = 1000
 
 
+def trimmed_width(attention_mask: torch.Tensor) -> int:
+    """Token columns a batch needs: its longest caption plus one padding column (all of them when one is full).
+
+    GLIP pads every caption to 256 tokens. A padded token is masked out of BERT's and the fusion's attention and
+    out of the token loss, so it never reaches a real token's logit, a box, a score or a loss term; cutting the
+    padding changes no number. One padding column stays because GLIP puts an unmatched anchor's "no object" target
+    on the last column (masked unless a caption fills the window): with it, the token loss stays GLIP's exactly.
+
+    Args:
+        attention_mask: (B, L) 0/1 mask of the padded captions.
+
+    Returns:
+        The width to keep, at most L.
+    """
+    return min(attention_mask.shape[1], int(attention_mask.sum(dim=1).max()) + 1)
+
+
 def _needs_grad(module: nn.Module) -> bool:
     """Whether any parameter of ``module`` trains: frozen parts then run without building an autograd graph."""
     return torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
@@ -124,6 +141,9 @@ class GLIP(nn.Module):
     def __init__(self, config: GLIPConfig):
         super().__init__()
         self.config = config
+        # Run the text side at the batch's caption length (see trimmed_width): identical outputs, and the fusion's
+        # attention no longer spans 256 mostly padded columns. False keeps GLIP's padded computation (the reference).
+        self.trim_text = True
         bert_config = config.language.bert_config()
         sw = config.swin
         body = SwinTransformer(
@@ -166,9 +186,13 @@ class GLIP(nn.Module):
             attention_mask: (B, L) 0/1 mask.
 
         Returns:
-            ``(outputs, anchors)``: ``outputs`` has per-level ``logits`` (B, HW, L), ``bbox_reg`` (B, 4, H, W),
-            ``centerness`` (B, 1, H, W), ``cls_logits``; ``anchors`` is a list of (HW, 4) per level.
+            ``(outputs, anchors)``: ``outputs`` has per-level ``logits`` (B, HW, L'), ``bbox_reg`` (B, 4, H, W),
+            ``centerness`` (B, 1, H, W), ``cls_logits``; ``anchors`` is a list of (HW, 4) per level. L' is
+            :func:`trimmed_width` when ``trim_text`` is on, else L; the logits of the real tokens are the same.
         """
+        if self.trim_text:
+            width = trimmed_width(attention_mask)
+            input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
         features = self.encode_image(images)
         lang = self.encode_text(input_ids, attention_mask)
         outputs = self.rpn.head(features, lang)
@@ -206,5 +230,9 @@ class GLIP(nn.Module):
             ``loss_reg``, ``loss_centerness``, ``loss_cls`` (always 0, as GLIP), ``loss_dot_product_token``.
         """
         outputs, anchors = self.forward_head(images, input_ids, attention_mask)
+        width = outputs["logits"][0].shape[-1]
+        if width < attention_mask.shape[1]:  # trimmed text: cut the targets' padding columns likewise
+            targets = [{**t, "positive_map": t["positive_map"][:, :width]} if "positive_map" in t else t
+                       for t in targets]
         return self.rpn.loss(outputs["logits"], outputs["bbox_reg"], outputs["centerness"], anchors, targets,
-                             attention_mask, cls_logits=outputs["cls_logits"])
+                             attention_mask[:, :width], cls_logits=outputs["cls_logits"])
