@@ -41,12 +41,12 @@ class PretrainOptimConfig(OptimConfig):
 class PretrainScheduleConfig:
     """GLIP's pre-training schedule: linear warm-up, then multi-step decay at fractions of ``max_steps``."""
 
-    max_steps: int = 2000
+    max_steps: int = 6000
     warmup_steps: int = 100
     warmup_factor: float = 0.001
     decay_at: list[float] = field(default_factory=lambda: [0.67, 0.89])
     gamma: float = 0.1
-    checkpoint_every: int = 100
+    checkpoint_every: int = 250
 
 
 @dataclass
