@@ -213,4 +213,6 @@ def test_trimmed_text_gives_the_padded_losses_and_gradients(prompt_tuning):
         torch.testing.assert_close(trimmed[name], padded[name], rtol=1e-5, atol=1e-6)
     assert padded_grads.keys() == trimmed_grads.keys()
     for name, grad in padded_grads.items():
-        torch.testing.assert_close(trimmed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        # float32 sums in another order (the fusion's shapes differ): equal up to rounding at the tensor's scale.
+        scale = float(grad.abs().max())
+        assert float((trimmed_grads[name] - grad).abs().max()) <= 1e-4 * scale + 1e-9, name
