@@ -17,6 +17,7 @@ import pytest
 from odinw_bench.cli import build_parser, main
 from odinw_bench.commands import demo
 from odinw_bench.commands.sweep import grid_spec
+from odinw_bench.errors import UserError
 from odinw_bench.results.records import (
     make_record,
     read_record,
@@ -114,9 +115,26 @@ def test_the_default_demo_is_zero_shot_then_three_regimes_at_1_and_3_shots_on_ev
         assert resolved["optim"]["weight_decay"] == (0.25 if prompt else 0.05)
         assert resolved["schedule"]["max_epochs"] == 12
         assert resolved["data"]["dataset_copies"] == 1 and resolved["data"]["num_workers"] == 0
-        assert "--no-progress" not in cell.argv  # the demo's runs draw progress bars unless told not to
+    # In this process the demo's runs draw progress bars unless told not to; worker processes print lines.
+    in_process = demo.plan_cells(demo_args("--output", str(tmp_path / "out"), "--workers", "1"), dry_run=True)
+    assert all("--no-progress" not in c.argv for c in in_process)
     quiet = demo.plan_cells(demo_args("--output", str(tmp_path / "out"), "--no-progress"), dry_run=True)
     assert all("--no-progress" in c.argv for c in quiet)
+    pooled = demo.plan_cells(demo_args("--output", str(tmp_path / "out"), "--workers", "2"), dry_run=True)
+    assert all("--no-progress" in c.argv for c in pooled)
+
+
+def test_runs_use_one_thread_in_one_worker_per_core(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert demo.workers(demo_args()) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert demo.workers(demo_args()) == demo.MAX_WORKERS
+    lines = [shlex.join(argv) for argv in demo.sweep_command_lines(demo_args("--workers", "3"))]
+    assert all("--workers 3 --threads 1" in line for line in lines)
+    with pytest.raises(UserError, match="at least 1 worker"):
+        demo.workers(demo_args("--workers", "0"))
 
 
 def test_seed_option_sets_the_seed_of_the_trained_runs(demo_suite, tmp_path):
@@ -147,7 +165,7 @@ def test_the_help_text_names_the_commands_the_demo_runs(demo_suite, data_root, m
     monkeypatch.chdir(REPO_ROOT)  # the help text names the recipe relative to the repository root
     epilog = demo.EPILOG.replace("\\\n", " ")
     lines = [" ".join(line.split()) for line in epilog.splitlines()]
-    args = demo_args()
+    args = demo_args("--workers", "2")  # the help text shows a 2-core machine
     sweeps = [shlex.join(["python", "-m", "odinw_bench", "sweep", *argv]) for argv in demo.sweep_command_lines(args)]
     report = shlex.join(["python", "-m", "odinw_bench", "report",
                          *demo.report_command_line(args, ["results/demo/runs"])])
@@ -182,7 +200,7 @@ def _table_rows(printed: str) -> tuple[list[str], list[list[str]]]:
 
 def test_the_demo_prints_and_saves_the_paper_table(demo_suite, data_root, tmp_path, fake_runs, capsys):
     out = tmp_path / "out"
-    assert main(["demo", "--output", str(out), "--data-root", str(data_root), "--no-progress"]) == 0
+    assert main(["demo", "--output", str(out), "--data-root", str(data_root), "--no-progress", "--workers", "1"]) == 0
     printed = capsys.readouterr().out
     assert len(fake_runs) == 14
     header, rows = _table_rows(printed)
@@ -205,7 +223,8 @@ def test_the_demo_prints_and_saves_the_paper_table(demo_suite, data_root, tmp_pa
 
 
 def test_a_rerun_redoes_no_finished_run(demo_suite, data_root, tmp_path, fake_runs, capsys):
-    argv = ["demo", "--output", str(tmp_path), "--data-root", str(data_root), "--no-progress", "--tasks", "demo"]
+    argv = ["demo", "--output", str(tmp_path), "--data-root", str(data_root), "--no-progress", "--tasks", "demo",
+            "--workers", "1"]  # in this process: the fake runs are patched into it
     assert main(argv) == 0
     assert len(fake_runs) == 7
     # A run lost (as if the demo was killed before it): the rerun does that one and nothing else.
@@ -240,7 +259,7 @@ def test_demo_end_to_end_on_the_demo_task(tmp_path, data_root, capsys):
     """Real runs (glip-micro, one epoch): records, predictions, run leaderboard, the table and the plot."""
     out = tmp_path / "results"
     argv = ["demo", "--tasks", "demo", "--model", "glip-micro", "--output", str(out), "--data-root",
-            str(data_root), "--no-progress", "schedule.max_epochs=1", "trainer.limit_train_batches=1"]
+            str(data_root), "--no-progress", "--workers", "1", "schedule.max_epochs=1", "trainer.limit_train_batches=1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "sweep: 7 cells: 7 done, 0 failed, 0 left" in printed

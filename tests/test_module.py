@@ -147,35 +147,48 @@ def test_best_tracker_ties_count_as_improvement():
     assert not BestTracker().update(-1.0)  # an undefined AP never beats the initial 0.0
 
 
-def _fake_trainer(aps, saves):
-    """A stand-in with what the callbacks read: the logged AP, the epoch, and a save that records its path."""
-    trainer = SimpleNamespace(sanity_checking=False, should_stop=False, current_epoch=0, is_global_zero=True,
-                              callback_metrics={}, strategy=SimpleNamespace(barrier=lambda name=None: None))
+def _fake_trainer():
+    """A stand-in with what the callbacks read: the logged AP, the epoch, the rank and a barrier."""
+    return SimpleNamespace(sanity_checking=False, should_stop=False, current_epoch=0, is_global_zero=True,
+                           callback_metrics={}, strategy=SimpleNamespace(barrier=lambda name=None: None))
 
-    def save_checkpoint(path, weights_only=False):
-        path.write_text(str(trainer.current_epoch))
-        saves.append(trainer.current_epoch)
 
-    trainer.save_checkpoint = save_checkpoint
-    return trainer
+class _Weights(pl.LightningModule):
+    """A model whose trained weight holds the epoch it was set at; one frozen weight that must still be saved."""
+
+    def __init__(self):
+        super().__init__()
+        self.trained, self.frozen = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+        self.frozen.requires_grad_(False)
 
 
 def test_early_stopping_and_best_checkpoint_on_a_fake_ap_sequence(tmp_path):
     aps = [0.0, 0.1, 0.1, 0.05, 0.08, 0.1, 0.02, 0.03, 0.04, 0.09]
-    saves = []
-    trainer = _fake_trainer(aps, saves)
+    trainer, model = _fake_trainer(), _Weights()
     stopping, best = GlipEarlyStopping(patience=3), GlipBestCheckpoint(tmp_path)
-    stop_epoch = None
+    stop_epoch, kept = None, []
     for epoch, ap in enumerate(aps):
+        with torch.no_grad():
+            model.trained.weight.fill_(epoch)
         trainer.current_epoch, trainer.callback_metrics = epoch, {"val/AP": torch.tensor(ap, dtype=torch.float64)}
-        stopping.on_validation_end(trainer, None)
-        best.on_validation_end(trainer, None)
+        stopping.on_validation_end(trainer, model)
+        saves = best.num_saves
+        best.on_validation_end(trainer, model)
+        if best.num_saves > saves:
+            kept.append(epoch)
         if trainer.should_stop:
             stop_epoch = epoch
             break
-    # Saves on >=: 0.0 (>= the initial 0.0), 0.1, the tie 0.1, then the later tie 0.1 at epoch 5.
-    assert saves == [0, 1, 2, 5]
-    assert (tmp_path / "model_best.ckpt").read_text() == "5" and best.best_epoch == 5 and best.best_score == 0.1
+    # Kept on >=: 0.0 (>= the initial 0.0), 0.1, the tie 0.1, then the later tie 0.1 at epoch 5.
+    assert kept == [0, 1, 2, 5] and best.best_epoch == 5 and best.best_score == 0.1
+    assert best.best_model_path == "" and not list(tmp_path.iterdir())  # nothing written during the fit
+    # Resumed from its state (as from last.ckpt), the callback still writes the epoch-5 weights at the end.
+    resumed = GlipBestCheckpoint(tmp_path)
+    resumed.load_state_dict(torch.load(_saved(tmp_path / "state.pt", best.state_dict()), weights_only=True))
+    resumed.on_fit_end(trainer, model)
+    saved = torch.load(resumed.best_model_path, weights_only=True)
+    assert saved["state_dict"]["trained.weight"].item() == 5 and saved["epoch"] == 5
+    assert torch.equal(saved["state_dict"]["frozen.weight"], model.frozen.weight)  # complete: frozen ones too
     assert not list(tmp_path.glob(".*.tmp"))  # written under a temporary name, then renamed
     # Three evaluations below 0.1 after epoch 5 (0.02, 0.03, 0.04): stop at epoch 8, before the 0.09.
     assert stop_epoch == 8 and stopping.stopped_epoch == 8
@@ -184,8 +197,13 @@ def test_early_stopping_and_best_checkpoint_on_a_fake_ap_sequence(tmp_path):
     assert restored.tracker == stopping.tracker
     trainer.sanity_checking = True  # sanity-check validations are not evaluations
     trainer.callback_metrics = {"val/AP": torch.tensor(0.5)}
-    best.on_validation_end(trainer, None)
+    best.on_validation_end(trainer, model)
     assert best.best_score == 0.1
+
+
+def _saved(path, obj):
+    torch.save(obj, path)
+    return path
 
 
 def test_nonfinite_guard_counts_and_stops():
@@ -374,3 +392,19 @@ def test_fit_needs_a_training_regime_and_validation_ground_truth(demo):
     without_gt = DetectionModule.from_resolved(_backend(demo.task), _resolved("full"), demo.category_ids)
     with pytest.raises(RuntimeError, match="set_eval_ground_truth"):
         _trainer(1).fit(without_gt, train, val)
+
+
+def test_timed_last_checkpoint_writes_only_when_the_interval_passed(tmp_path):
+    from odinw_bench.training.callbacks import TimedLastCheckpoint
+
+    written = []
+    trainer = SimpleNamespace(is_global_zero=True, save_checkpoint=lambda path: (path.write_text("x"),
+                                                                                 written.append(path)))
+    every_epoch, hourly = TimedLastCheckpoint(tmp_path / "a", 0), TimedLastCheckpoint(tmp_path / "b", 3600)
+    for callback in (every_epoch, hourly):
+        callback.on_fit_start(trainer, None)
+        for _ in range(3):
+            callback.on_train_epoch_end(trainer, None)
+    assert (every_epoch.saves, hourly.saves) == (3, 0)
+    assert (tmp_path / "a" / "last.ckpt").read_text() == "x" and not (tmp_path / "b").exists()
+    assert all(p.name != "last.ckpt" for p in written)  # written under a temporary name, then renamed

@@ -77,26 +77,49 @@ class _Crash(RuntimeError):
     pass
 
 
-def test_resume_after_a_crash_reaches_the_uninterrupted_result(tmp_path, data_root, monkeypatch):
-    assert _run(tmp_path / "full", data_root, "--regime", "full", epochs=2) == 0
+def _assert_resume_state_holds_what_trains(path: Path, regime: str) -> None:
+    """last.ckpt keeps the weights that train and the buffers; the frozen weights are only named and hashed."""
+    import torch
+
+    from odinw_bench.models.glip.backend import GLIPBackend
+    from odinw_bench.training.slim_state import FROZEN_KEY
+
+    saved = torch.load(path, weights_only=True)
+    model = GLIPBackend.from_preset("glip-micro")
+    everything = {f"backend.{k}" for k in model.state_dict()}
+    frozen = saved[FROZEN_KEY]["names"]
+    assert set(saved["state_dict"]) | set(frozen) == everything and not set(saved["state_dict"]) & set(frozen)
+    if regime == "linear-probe":  # the head's output layers only: a few thousand numbers, not the model
+        params = {f"backend.{k}": p.numel() for k, p in model.named_parameters()}
+        kept = sum(params[k] for k in saved["state_dict"] if k in params)
+        assert 0 < kept < 0.01 * sum(params.values())
+    best = saved["callbacks"]["GlipBestCheckpoint"]["weights"]  # the best weights so far travel with it
+    assert best is None or set(best) == set(saved["state_dict"])
+
+
+@pytest.mark.parametrize("regime", ["full", "linear-probe"])
+def test_resume_after_a_crash_reaches_the_uninterrupted_result(tmp_path, data_root, monkeypatch, regime):
+    assert _run(tmp_path / "full", data_root, "--regime", regime, epochs=2) == 0
     (uninterrupted,) = _records(tmp_path / "full")
 
     from odinw_bench.training import callbacks
 
-    class CrashAfterFirstEpoch(pl.Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
-            if trainer.current_epoch == 0:
+    class CrashAfterFirstEpoch(pl.Callback):  # after epoch 0 and its last.ckpt: a kill at the start of epoch 1
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
                 raise _Crash("simulated kill after epoch 1")
 
     original = callbacks.glip_callbacks
     monkeypatch.setattr(callbacks, "glip_callbacks", lambda *a, **k: [*original(*a, **k), CrashAfterFirstEpoch()])
     with pytest.raises(_Crash):
-        _run(tmp_path / "resumed", data_root, "--regime", "full", epochs=2)
+        _run(tmp_path / "resumed", data_root, "--regime", regime, "--checkpoint-every", "0", epochs=2)
     (failed,) = _records(tmp_path / "resumed")
     assert failed["status"] == "failed" and "simulated kill" in failed["error"]
     assert not (tmp_path / "resumed" / "leaderboard.csv").exists()  # no row for a failed run
+    _assert_resume_state_holds_what_trains(tmp_path / "resumed" / "checkpoints" / failed["run_id"] / "last.ckpt",
+                                           regime)
     monkeypatch.setattr(callbacks, "glip_callbacks", original)
-    assert _run(tmp_path / "resumed", data_root, "--regime", "full", "--resume", epochs=2) == 0
+    assert _run(tmp_path / "resumed", data_root, "--regime", regime, "--resume", epochs=2) == 0
     (resumed,) = _records(tmp_path / "resumed")
     assert resumed["status"] == "ok" and resumed["run_id"] == uninterrupted["run_id"]
     assert resumed["metrics"] == uninterrupted["metrics"]

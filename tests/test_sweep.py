@@ -256,3 +256,20 @@ def test_dry_run_plans_without_data_and_a_real_sweep_names_the_download(tmp_path
     assert main(argv) == 2
     assert "download --task aquarium" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_threads_option_reaches_both_launchers(tmp_path, data_root):
+    import torch
+
+    from odinw_bench.runs.launchers import LocalLauncher
+
+    pooled = make_launcher(build_parser().parse_args(_sweep_argv(tmp_path, data_root, "--tasks", "demo", "--workers", "2",
+                                                                 "--threads", "1")))
+    assert isinstance(pooled, PoolLauncher) and pooled.threads == 1
+    local = make_launcher(build_parser().parse_args(_sweep_argv(tmp_path, data_root, "--tasks", "demo", "--threads", "1")))
+    assert isinstance(local, LocalLauncher) and local.threads == 1
+    before, seen = torch.get_num_threads(), []
+    local.launch([["a"], ["b"]], lambda argv: seen.append(torch.get_num_threads()) or {}, lambda i, r: None)
+    assert seen == [1, 1] and torch.get_num_threads() == before  # set while the cells run, then restored
+    with pytest.raises(UserError, match="at least 1 thread"):
+        make_launcher(build_parser().parse_args(_sweep_argv(tmp_path, data_root, "--tasks", "demo", "--threads", "0")))

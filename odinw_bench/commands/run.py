@@ -27,9 +27,14 @@ Writes <output>/runs/<task>/<model>/<regime>/k<shots>_s<seed>_<id>.json (+ _pred
 
 
 def run(args: argparse.Namespace) -> int:
+    from odinw_bench.runs.cache import RunCache
     from odinw_bench.runs.request import requests_from_args
     from odinw_bench.runs.runner import run_request, summary_table
 
-    outcomes = [run_request(request) for request in requests_from_args(args)]
+    cache = RunCache()  # the seeds of one command share the checkpoint, the data and the frozen features
+    try:
+        outcomes = [run_request(request, cache=cache) for request in requests_from_args(args)]
+    finally:
+        cache.close()
     print(summary_table(outcomes))
     return 0

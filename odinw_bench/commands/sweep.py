@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from odinw_bench.runs.arguments import seconds_value
+
 HELP = "run a grid of runs (tasks x shots x seeds x regimes x models), skipping finished ones, locally or on SLURM"
 
 EPILOG = """\
@@ -33,7 +35,7 @@ RUN_OPTIONS = (
     ("--data-root", "data_root", True), ("--checkpoint", "checkpoint", True), ("--recipe", "recipe", True),
     ("--wandb", "wandb", True), ("--prompt", "prompt", True), ("--split", "split", True),
     ("--devices", "devices", True), ("--precision", "precision", True),
-    ("--trust-checkpoint", "trust_checkpoint", False),
+    ("--checkpoint-every", "checkpoint_every", True), ("--trust-checkpoint", "trust_checkpoint", False),
 )
 
 
@@ -59,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--split", default=None, help="split to report (default: each task's test split)")
     run.add_argument("--devices", type=int, default=None, help="GPUs of each run (Lightning DDP)")
     run.add_argument("--precision", default=None, help="Lightning precision of each run")
+    run.add_argument("--checkpoint-every", type=seconds_value, default=None, metavar="SECONDS",
+                     help="as `run --checkpoint-every`: how often a cell writes its resume checkpoint")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for every cell")
     launch = parser.add_argument_group("launching")
     launch.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
@@ -66,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "array on this machine (no cluster) (default: local)")
     launch.add_argument("--workers", type=int, default=1, help="local worker processes (default: 1, in-process)")
     launch.add_argument("--gpus", default=None, help="comma list of GPU ids, one per local worker")
+    launch.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of each run (default: the cores split evenly between the workers; "
+                        "in-process: torch's default). Small models run faster as more single-thread workers")
     launch.add_argument("--dry-run", action="store_true", help="list the cells with their run ids and states")
     launch.add_argument("--retry-failed", action="store_true", help="rerun cells whose record says failed")
     launch.add_argument("--no-progress", action="store_true",
@@ -122,11 +129,13 @@ def make_launcher(args: argparse.Namespace):
 
     if args.launcher == "local":
         gpus = _split(args.gpus)
+        if args.threads is not None and args.threads < 1:
+            raise UserError(f"expected at least 1 thread, got {args.threads}", field="--threads")
         if args.workers == 1 and not gpus:
-            return LocalLauncher()
+            return LocalLauncher(threads=args.threads)
         if args.workers < 1:
             raise UserError(f"expected at least 1 worker, got {args.workers}", field="--workers")
-        return PoolLauncher(args.workers, gpus=gpus)
+        return PoolLauncher(args.workers, gpus=gpus, threads=args.threads)
     cluster = "slurm" if args.launcher == "slurm" else "local"
     log_dir = Path(args.slurm_log_dir) if args.slurm_log_dir else Path(args.output) / "slurm"
     gpus = args.slurm_gpus_per_job if args.slurm_gpus_per_job is not None else (1 if cluster == "slurm" else 0)

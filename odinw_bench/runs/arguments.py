@@ -46,6 +46,21 @@ def _shots(text: str) -> int | str:
     return value
 
 
+#: How often a fit writes last.ckpt: a whole-model write each epoch would cost a short run a fifth of its time.
+DEFAULT_CHECKPOINT_EVERY_S = 60.0
+
+
+def seconds_value(text: str) -> float:
+    """argparse type of a duration in seconds (a number >= 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text}")
+    return value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of one ``run`` (tasks, shots, seeds, regime, model, data, outputs, overrides)."""
     parser.add_argument("--task", required=True, help="task name, suite (runs each task), or task YAML path")
@@ -56,7 +71,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regime", default=None, help="zero-shot, linear-probe, prompt, full or language "
                         "(default: full, or zero-shot when --shots 0)")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default=None, help="preset: glip-t (default), glip-t-a/b/c, glip-l, glip-micro")
+    model.add_argument("--model", default=None, help="preset: glip-t (default), glip-t-a/b/c, glip-l, glip-nano "
+                       "(pre-trained here, shipped), glip-micro (random weights)")
     model.add_argument("--checkpoint", default=None, help="local .pth or .safetensors checkpoint")
     model.add_argument("--config", default=None, help="official GLIP YAML config (instead of --model)")
     model.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a .pth file")
@@ -72,6 +88,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb", choices=("off", "offline", "online"), default=None,
                         help="W&B logging (default: off)")
     parser.add_argument("--resume", action="store_true", help="resume an interrupted run from its last checkpoint")
+    parser.add_argument("--checkpoint-every", type=seconds_value, default=DEFAULT_CHECKPOINT_EVERY_S, metavar="SECONDS",
+                        help="write the resume checkpoint (last.ckpt) at the end of an epoch once this many seconds "
+                        f"passed since the last one (default: {DEFAULT_CHECKPOINT_EVERY_S:g}; 0: every epoch). A "
+                        "kill loses at most this much training")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
 

@@ -1,4 +1,4 @@
-"""What one process reuses across the runs it does: checkpoint state dicts and indexed task splits.
+"""What one process reuses across the runs it does: checkpoint state dicts, indexed task splits, frozen features.
 
 A sweep worker (:mod:`odinw_bench.runs.launchers`) runs many cells; :func:`process_cache` gives each process one
 :class:`RunCache`, which :func:`odinw_bench.runs.runner.run_request` reads through. Example::
@@ -8,10 +8,13 @@ A sweep worker (:mod:`odinw_bench.runs.launchers`) runs many cells; :func:`proce
     cache = RunCache()
     state = cache.state_dict("glip_tiny.pth")     # read once per file version
     split = cache.split(task, "train", root)      # indexed once per task content, split and data root
+    model.feature_cache = cache.features          # frozen stages' outputs, shared by every run of the process
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,13 +25,30 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class RunCache:
-    """What one process reuses across its runs: checkpoint state dicts and task splits.
+    """What one process reuses across its runs: checkpoint state dicts, task splits and frozen features.
 
     Args:
         max_checkpoints: State dicts kept at once (GLIP-L's is 1.7 GB); the least recently used goes first.
+        feature_bytes: Memory bound of the frozen-feature cache; beyond it entries spill to a temporary folder
+            of this process (removed by :meth:`close`).
+
+    Attributes:
+        features: The :class:`~odinw_bench.models.glip.feature_cache.FeatureCache` the runs' models share: a
+            zero-shot run's val features serve the linear probe of every seed and shot count, which then only
+            runs the output layers.
     """
 
-    def __init__(self, max_checkpoints: int = 1):
+    def __init__(self, max_checkpoints: int = 1, feature_bytes: int | None = None):
+        import tempfile
+
+        from odinw_bench.models.glip.feature_cache import (
+            DEFAULT_MAX_BYTES,
+            FeatureCache,
+        )
+
+        self._spill_dir = Path(tempfile.gettempdir()) / f"odinw_bench_features_{os.getpid()}_{id(self):x}"
+        self.features = FeatureCache(DEFAULT_MAX_BYTES if feature_bytes is None else feature_bytes,
+                                     spill_dir=self._spill_dir)
         self.max_checkpoints = max_checkpoints
         self._states: OrderedDict[tuple, dict] = OrderedDict()
         self._splits: dict[tuple, CocoSplit] = {}
@@ -66,6 +86,12 @@ class RunCache:
         return self._splits[key]
 
 
+    def close(self) -> None:
+        """Drop the frozen features and their spilled files (the state dicts and splits go with the object)."""
+        self.features.clear()
+        shutil.rmtree(self._spill_dir, ignore_errors=True)
+
+
 _PROCESS_CACHE: RunCache | None = None
 
 
@@ -80,4 +106,6 @@ def process_cache() -> RunCache:
 def reset_process_cache() -> None:
     """Drop this process's cache (frees the state dicts it holds)."""
     global _PROCESS_CACHE
+    if _PROCESS_CACHE is not None:
+        _PROCESS_CACHE.close()
     _PROCESS_CACHE = None

@@ -86,20 +86,40 @@ def run_cell(argv: list[str]) -> CellResult:
 
 
 class LocalLauncher:
-    """Runs the cells one after the other in this process, sharing one :class:`~odinw_bench.runs.cache.RunCache`."""
+    """Runs the cells one after the other in this process, sharing one :class:`~odinw_bench.runs.cache.RunCache`.
+
+    Args:
+        threads: torch's CPU threads while the cells run (restored afterwards); None leaves torch's setting.
+    """
 
     concurrency = 1
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
 
     def launch(self, cells: Sequence[list[str]], cell_fn: CellFn, on_finish: OnFinish) -> dict[int, CellResult]:
         reset_process_cache()
         results: dict[int, CellResult] = {}
+        restore = _set_threads(self.threads)
         try:
             for index, argv in enumerate(cells):
                 results[index] = cell_fn(list(argv))
                 on_finish(index, results[index])
         finally:
             reset_process_cache()  # a CLI process should not keep a checkpoint alive after its sweep
+            _set_threads(restore)
         return results
+
+
+def _set_threads(threads: int | None) -> int | None:
+    """Set torch's intra-op threads; returns the previous count (None: nothing was changed)."""
+    if threads is None:
+        return None
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return previous
 
 
 def _init_worker(gpu_queue: Any, threads: int, log_level: int) -> None:

@@ -49,6 +49,7 @@ class RunRequest:
     config: RunConfig
     resume: bool = False
     progress: bool = True
+    checkpoint_every_s: float = 60.0
 
     @property
     def model_name(self) -> str:
@@ -98,7 +99,8 @@ def requests_from_args(args: argparse.Namespace, *, check_data: bool = True) -> 
                 checkpoint=Path(args.checkpoint) if args.checkpoint else None,
                 official_config=Path(args.config) if args.config else None,
                 trust_checkpoint=args.trust_checkpoint, data_root=data_root, output=Path(args.output),
-                split=split, config=config, resume=args.resume, progress=not args.no_progress))
+                split=split, config=config, resume=args.resume, progress=not args.no_progress,
+                checkpoint_every_s=args.checkpoint_every))
     return requests
 
 

@@ -37,6 +37,7 @@ class RunOutcome:
 def _build_backend(req: RunRequest, ident: RunIdentity, cache: RunCache | None) -> Any:
     """The backend with the weights ``ident`` names; a ``cache`` supplies a state dict read before."""
     from odinw_bench.models.glip.backend import GLIPBackend
+    from odinw_bench.models.glip.feature_cache import FeatureCache
 
     backend = GLIPBackend(model_config(req))
     ckpt = ident.model["checkpoint"]
@@ -47,6 +48,9 @@ def _build_backend(req: RunRequest, ident: RunIdentity, cache: RunCache | None) 
         backend.load_checkpoint(ckpt, trust=req.trust_checkpoint)
     else:  # loading copies the values, so training never changes the cached tensors
         backend.load_state(cache.state_dict(ckpt, trust=req.trust_checkpoint), source=ckpt)
+    # Frozen stages are computed once per input and weights: across this run's epochs, and with a process
+    # cache across runs (feature_cache.py; entries are keyed by content, so they never go stale).
+    backend.model.feature_cache = cache.features if cache is not None else FeatureCache()
     return backend.eval()
 
 
@@ -128,27 +132,31 @@ def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
     """Train with Lightning under GLIP's recipe and load the best-val weights back into ``backend``."""
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from odinw_bench.training.callbacks import RngStateCheckpoint, glip_callbacks
+    from odinw_bench.training.callbacks import (
+        RngStateCheckpoint,
+        TimedLastCheckpoint,
+        glip_callbacks,
+    )
     from odinw_bench.training.fitting import guarded_fit
     from odinw_bench.training.module import DetectionModule
     from odinw_bench.training.monitoring import EpochLog
     from odinw_bench.training.run_config import trainer_kwargs
+    from odinw_bench.training.slim_state import load_slim_state
 
     resolved, run_id = ctx["resolved"], ctx["run_id"]
     module = DetectionModule.from_resolved(backend, resolved, req.task.category_ids)
     module.set_eval_ground_truth(val=dm.val_split_data.to_coco_dict())
     ckpt_dir = req.output / "checkpoints" / run_id
     glip = glip_callbacks(resolved["schedule"], ckpt_dir)
-    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_last=False, save_top_k=1,
-                           every_n_epochs=1, enable_version_counter=False)
+    last = TimedLastCheckpoint(ckpt_dir, req.checkpoint_every_s)
     wb_logger = _wandb_logger(req, ctx)
     ctx["wandb"] = wb_logger
     epoch_log = EpochLog()
-    trainer = pl.Trainer(**trainer_kwargs(resolved), callbacks=[*glip, last, RngStateCheckpoint(), epoch_log],
+    trainer = pl.Trainer(**trainer_kwargs(resolved), callbacks=[*glip, RngStateCheckpoint(), epoch_log, last],
                          logger=wb_logger if wb_logger is not None else False, default_root_dir=str(ckpt_dir),
-                         enable_progress_bar=req.progress, enable_model_summary=False, num_sanity_val_steps=0)
+                         enable_progress_bar=req.progress, enable_model_summary=False, num_sanity_val_steps=0,
+                         enable_checkpointing=False)
     resume_from = ckpt_dir / "last.ckpt" if req.resume else None
     if resume_from is not None and not resume_from.is_file():
         logger.warning("no checkpoint to resume from at %s; starting from the beginning", resume_from)
@@ -158,8 +166,8 @@ def _fit(req: RunRequest, backend: Any, dm: Any, ctx: dict) -> dict[str, Any]:
                          "split the batch")
     best = glip[1]
     if best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+        saved = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        load_slim_state(module, saved, source=best.best_model_path)
     return {"best_val_AP": best.best_score, "best_epoch": best.best_epoch, "epochs": trainer.current_epoch,
             "nonfinite_steps": module.nonfinite_steps, "best_checkpoint": best.best_model_path or None,
             "history": epoch_log.history}

@@ -6,8 +6,8 @@ After every evaluation GLIP does three things with the val AP, all reproduced he
   0.0 never reaches the scheduler (:func:`plateau_step`, called from ``DetectionModule.lr_scheduler_step``);
 * early stopping: ``if AP < best: patience += 1 else: patience = 0; best = AP``, ``best`` starting at 0.0 -- ties
   count as improvement -- and stop when ``patience >= AUTO_TERMINATE_PATIENCE`` (:class:`GlipEarlyStopping`);
-* on the same rule (AP >= best) it saves ``model_best`` (:class:`GlipBestCheckpoint`; Lightning's
-  ``ModelCheckpoint`` only saves on a strict gain, so it would keep an earlier model on ties).
+* on the same rule (AP >= best) it keeps ``model_best`` (:class:`GlipBestCheckpoint`, written when the fit ends;
+  Lightning's ``ModelCheckpoint`` only saves on a strict gain, so it would keep an earlier model on ties).
 
 An undefined AP (pycocotools' -1, NaN in :class:`~odinw_bench.results.evaluation.EvalResult`) is compared as -1, as GLIP
 compares the raw value. Non-finite losses are skipped by :class:`NonFiniteLossGuard`, which stops a run that
@@ -16,6 +16,7 @@ keeps diverging; GLIP instead zeroes NaN entries and steps anyway.
 Example:
     >>> callbacks = glip_callbacks(resolved["schedule"], "runs/aquarium/ckpt")        # doctest: +SKIP
     >>> trainer = pl.Trainer(callbacks=callbacks, enable_checkpointing=False, ...)     # doctest: +SKIP
+    >>> trainer.fit(module, datamodule=dm)                                             # doctest: +SKIP
     >>> trainer.test(module, loader, ckpt_path=callbacks[1].best_model_path)           # doctest: +SKIP
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,33 +136,37 @@ class GlipEarlyStopping(pl.Callback):
 
 
 class GlipBestCheckpoint(pl.Callback):
-    """Save the model whenever val AP >= the best so far (GLIP's ``model_best``), atomically.
+    """Keep the model whenever val AP >= the best so far (GLIP's ``model_best``); write it when the fit ends.
+
+    The best weights wait in memory: the tensors that train and the buffers, cloned (the frozen parameters cannot
+    change during a fit). They travel in ``last.ckpt`` through this callback's state, so a resumed run keeps them.
+    When the fit ends, ``model_best.ckpt`` is written once, atomically and complete (every weight, loadable with
+    ``DetectionModule.load_from_checkpoint``), instead of at every improvement: a linear probe that improves each
+    epoch used to write the whole model each epoch.
 
     Args:
         dirpath: Folder of the checkpoint.
-        filename: File name (one file, overwritten on every improvement or tie).
+        filename: File name.
         monitor: The logged metric.
-        weights_only: Save only the weights and hyperparameters (what testing the best model needs); False also
-            saves optimizer, scheduler and loop state.
 
     Attributes:
-        best_model_path: The checkpoint path once one was saved, else ``""``.
-        best_score: Its val AP (None before the first save).
+        best_model_path: The checkpoint path once it is written (when the fit ends), else ``""``.
+        best_score: Its val AP (None before the first evaluation that counts).
         best_epoch: Its epoch (0-based).
+        num_saves: How many times the weights were kept (improvements and ties).
     """
 
-    def __init__(self, dirpath: str | Path, filename: str = "model_best.ckpt", monitor: str = MONITOR,
-                 weights_only: bool = True):
+    def __init__(self, dirpath: str | Path, filename: str = "model_best.ckpt", monitor: str = MONITOR):
         super().__init__()
         self.dirpath = Path(dirpath)
         self.filename = filename
         self.monitor = monitor
-        self.weights_only = weights_only
         self.tracker = BestTracker()
         self.best_model_path = ""
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self.num_saves = 0
+        self._weights: dict[str, torch.Tensor] | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -168,31 +174,47 @@ class GlipBestCheckpoint(pl.Callback):
         ap = _current_ap(trainer, self.monitor)
         if not self.tracker.update(ap):
             return
-        path = self.dirpath / self.filename
-        self._save_atomically(trainer, path)
-        self.best_model_path, self.best_score, self.best_epoch = str(path), ap, trainer.current_epoch
-        self.num_saves += 1
-        logger.info("saved %s (%s %.4f, epoch %d)", path, self.monitor, ap, trainer.current_epoch)
+        from odinw_bench.training.slim_state import frozen_parameter_names
 
-    def _save_atomically(self, trainer: pl.Trainer, path: Path) -> None:
-        """Write to a temporary name, then rename: an interrupted save never leaves a truncated best model."""
-        tmp = path.with_name(f".{path.name}.tmp")
+        frozen = set(frozen_parameter_names(pl_module))
+        self._weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items() if k not in frozen}
+        self.best_score, self.best_epoch = ap, trainer.current_epoch
+        self.num_saves += 1
+        logger.info("best so far: %s %.4f at epoch %d", self.monitor, ap, trainer.current_epoch)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._weights is None:
+            return
+        path = self.dirpath / self.filename
         if trainer.is_global_zero:
+            import torch
+
+            state = {**pl_module.state_dict(), **self._weights}
+            checkpoint = {"state_dict": state, "hyper_parameters": dict(pl_module.hparams),
+                          "epoch": self.best_epoch, "pytorch-lightning_version": pl.__version__}
             path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp, weights_only=self.weights_only)  # collective: every rank calls it
-        if trainer.is_global_zero:
+            tmp = path.with_name(f".{path.name}.tmp")  # an interrupted write never leaves a truncated best model
+            torch.save(checkpoint, tmp)
             os.replace(tmp, path)
         trainer.strategy.barrier("glip_best_checkpoint")
+        self.best_model_path = str(path)
+        logger.info("saved %s (%s %.4f, epoch %d)", path, self.monitor, self.best_score, self.best_epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.tracker.best, "counter": self.tracker.counter, "best_model_path": self.best_model_path,
-                "best_score": self.best_score, "best_epoch": self.best_epoch}
+        return {"best": self.tracker.best, "counter": self.tracker.counter, "best_score": self.best_score,
+                "best_epoch": self.best_epoch, "num_saves": self.num_saves, "weights": self._weights}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.tracker = BestTracker(best=state_dict["best"], counter=state_dict["counter"])
-        self.best_model_path = state_dict.get("best_model_path", "")
         self.best_score = state_dict.get("best_score")
         self.best_epoch = state_dict.get("best_epoch")
+        self.num_saves = state_dict.get("num_saves", 0)
+        self._weights = state_dict.get("weights")
+        old_file = state_dict.get("best_model_path")  # a last.ckpt of an older version: the weights are in the file
+        if self._weights is None and old_file and Path(old_file).is_file():
+            import torch
+
+            self._weights = torch.load(old_file, map_location="cpu", weights_only=True)["state_dict"]
 
 
 class NonFiniteLossGuard:
@@ -242,15 +264,49 @@ class NonFiniteLossGuard:
         return False
 
 
-def glip_callbacks(schedule: Mapping[str, Any], dirpath: str | Path, *,
-                   weights_only: bool = True) -> list[pl.Callback]:
+def glip_callbacks(schedule: Mapping[str, Any], dirpath: str | Path) -> list[pl.Callback]:
     """GLIP's early stopping and best-model saving for a resolved ``schedule`` section.
 
     Returns:
         ``[GlipEarlyStopping, GlipBestCheckpoint]`` (the plateau scheduler lives in the module's optimizer config).
     """
-    return [GlipEarlyStopping(schedule["early_stop_patience"]),
-            GlipBestCheckpoint(dirpath, weights_only=weights_only)]
+    return [GlipEarlyStopping(schedule["early_stop_patience"]), GlipBestCheckpoint(dirpath)]
+
+
+class TimedLastCheckpoint(pl.Callback):
+    """Write ``last.ckpt`` (weights, optimizer, scheduler, loops, callbacks: what ``--resume`` needs) at the end of
+    an epoch, once ``every_s`` seconds passed since the previous write (or the start of the fit), atomically.
+
+    Lightning's ``ModelCheckpoint(every_n_epochs=1)`` writes at the same point of every epoch; for a short run the
+    writes of a whole model and its optimizer state were a fifth of the fit. With ``every_s`` a kill loses at most
+    that much training (and the epoch under way); 0 writes every epoch. Put it after the callbacks whose state the
+    checkpoint must hold for this epoch (the epoch log).
+
+    Args:
+        dirpath: Folder of ``last.ckpt``.
+        every_s: Seconds between writes.
+    """
+
+    def __init__(self, dirpath: str | Path, every_s: float):
+        self.path, self.every_s = Path(dirpath) / "last.ckpt", float(every_s)
+        self.saves = 0
+        self._last = time.monotonic()
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if time.monotonic() - self._last < self.every_s:
+            return
+        from odinw_bench.atomic import atomic_target
+
+        if trainer.is_global_zero:
+            with atomic_target(self.path) as tmp:
+                trainer.save_checkpoint(tmp)
+        else:
+            trainer.save_checkpoint(self.path)  # collective: every rank joins, only rank 0 writes
+        self.saves += 1
+        self._last = time.monotonic()
 
 
 class RngStateCheckpoint(pl.Callback):

@@ -34,6 +34,7 @@ from odinw_bench.training.regimes import (
     get_regime,
     set_frozen_modules_eval,
 )
+from odinw_bench.training.slim_state import SlimStateMixin
 
 if TYPE_CHECKING:  # pragma: no cover
     from odinw_bench.results.evaluation import EvalResult
@@ -44,8 +45,11 @@ logger = logging.getLogger(__name__)
 LOGGED_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
-class DetectionModule(pl.LightningModule):
+class DetectionModule(SlimStateMixin, pl.LightningModule):
     """Fine-tunes (or only evaluates) a detector backend under one regime.
+
+    Its checkpoints leave the frozen parameters out (:mod:`odinw_bench.training.slim_state`): a linear probe's
+    ``last.ckpt`` holds the head it trains, not the whole model, and loads only into the same frozen weights.
 
     Args:
         backend: A :class:`~odinw_bench.models.base.DetectorBackend` that is an ``nn.Module``, vocabulary set.

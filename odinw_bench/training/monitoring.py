@@ -132,8 +132,8 @@ class EpochLog(pl.Callback):
         if trainer.sanity_checking:
             return
         self._val_ap = monitored_ap(trainer.callback_metrics.get(MONITOR))
-        # The epoch's entry is written here too: Lightning saves ``last.ckpt`` when this validation ends (after
-        # every other callback), so a run resumed from it keeps this epoch in its history.
+        # The epoch's entry is written here too, so that any checkpoint written after this validation (at the
+        # epoch's end, TimedLastCheckpoint) holds it, and a run resumed from it keeps this epoch in its history.
         self._upsert(self._entry(trainer))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -156,15 +156,36 @@ class VLDyHead(nn.Module):
             [(B, 4, H_l, W_l)] after the level's Scale, ``centerness`` [(B, 1, H_l, W_l)] and ``cls_logits``
             [(B, num_classes − 1, H_l, W_l)], plus ``tower_outputs`` (dict or None).
         """
+        record: dict[str, torch.Tensor] | None = {} if return_intermediates else None
+        state = self.run_tower(features, lang, record)
+        return self.outputs(state, lang, record)
+
+    def run_tower(self, features: Sequence[torch.Tensor], lang: dict[str, torch.Tensor],
+                  record: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """The fusion/DyConv tower alone: ``{"visual": [(B, C, H_l, W_l)], "lang": {...}}`` after its last block.
+
+        Args:
+            features, lang: As :meth:`forward`.
+            record: Filled with the tower's intermediate tensors when given (see ``return_intermediates``).
+        """
         if len(features) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} feature levels, got {len(features)}")
         state: dict[str, Any] = {"visual": list(features), "lang": dict(lang)}
-        record: dict[str, torch.Tensor] | None = {} if return_intermediates else None
         for index, module in enumerate(self.dyhead_tower):
             state = module(state)
             if record is not None:
                 _record_tower_output(record, index, module, state)
+        return state
 
+    def outputs(self, state: dict[str, Any], lang: dict[str, torch.Tensor],
+                record: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """The output layers on a tower state (:meth:`run_tower`); returns what :meth:`forward` returns.
+
+        Args:
+            state: The tower's output; not modified.
+            lang: The language features that entered the tower (``embedded`` is scored without fusion).
+            record: Debug tensors, as in :meth:`run_tower`.
+        """
         text = state["lang"]["hidden"] if self.use_fused_dot_product else lang["embedded"]
         normalized, proj_tokens, token_bias = self.project_tokens(text)
         if record is not None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from odinw_bench.models.glip.anchors import AnchorGenerator
 from odinw_bench.models.glip.config import GLIPConfig
+from odinw_bench.models.glip.feature_cache import FeatureCache, is_frozen, tensor_digest
 from odinw_bench.models.glip.fpn import FPN
 from odinw_bench.models.glip.head import VLDyHead
 from odinw_bench.models.glip.language import BertEncoder
@@ -144,6 +145,8 @@ class GLIP(nn.Module):
         # Run the text side at the batch's caption length (see trimmed_width): identical outputs, and the fusion's
         # attention no longer spans 256 mostly padded columns. False keeps GLIP's padded computation (the reference).
         self.trim_text = True
+        # Frozen parts' outputs reused outside training (odinw_bench.models.glip.feature_cache); None: no cache.
+        self.feature_cache: FeatureCache | None = None
         bert_config = config.language.bert_config()
         sw = config.swin
         body = SwinTransformer(
@@ -193,10 +196,54 @@ class GLIP(nn.Module):
         if self.trim_text:
             width = trimmed_width(attention_mask)
             input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
+        if self.feature_cache is not None and not self.training:
+            return self._forward_head_cached(self.feature_cache, images, input_ids, attention_mask)
         features = self.encode_image(images)
         lang = self.encode_text(input_ids, attention_mask)
         outputs = self.rpn.head(features, lang)
         anchors = self.rpn.anchor_generator([f.shape[-2:] for f in features])
+        return outputs, anchors
+
+    def _forward_head_cached(self, cache: FeatureCache, images: torch.Tensor, input_ids: torch.Tensor,
+                             attention_mask: torch.Tensor) -> tuple[dict[str, Any], list[torch.Tensor]]:
+        """:meth:`forward_head` reusing the outputs of the frozen stages (the same numbers, computed once).
+
+        The tower is reused when everything before the output layers is frozen (zero-shot, linear probing); else
+        the image features when Swin and the FPN are, and BERT's features when BERT is (prompt tuning).
+        """
+        device = images.device
+        env = f"{device.type}|{torch.is_autocast_enabled(device.type)}|{torch.get_autocast_dtype(device.type)}"
+        tunable = getattr(self.rpn, "tunable_linear", None)
+        frozen_image, frozen_text = is_frozen(self.backbone), is_frozen(self.language_backbone)
+        # Keys hash weights and inputs, so they are only built for the stages that are reused.
+        image_key = [env, tensor_digest(images), cache.fingerprint([self.backbone])] if frozen_image else []
+        text_key = ([env, tensor_digest(input_ids, attention_mask), cache.fingerprint([self.language_backbone])]
+                    if frozen_text else [])
+
+        def image_features() -> list[torch.Tensor]:
+            if not frozen_image:
+                return self.encode_image(images)
+            return cache.get_or_compute("image", image_key, lambda: self.encode_image(images), device)
+
+        def text_features() -> dict[str, torch.Tensor]:
+            if not frozen_text:
+                return self.encode_text(input_ids, attention_mask)
+            lang = cache.get_or_compute("text", text_key,
+                                        lambda: self.language_backbone.body(input_ids, attention_mask), device)
+            return self.rpn.apply_prompt_offset(lang)
+
+        def tower() -> dict[str, Any]:
+            lang = text_features()
+            return {"state": self.rpn.head.run_tower(image_features(), lang), "lang": lang}
+
+        head = self.rpn.head
+        if frozen_image and frozen_text and is_frozen(tunable) and is_frozen(head.dyhead_tower):
+            tower_key = [*image_key, *text_key, cache.fingerprint([tunable, head.dyhead_tower])]
+            fused = cache.get_or_compute("tower", tower_key, tower, device)
+        else:
+            fused = tower()
+        outputs = head.outputs(fused["state"], fused["lang"])
+        anchors = self.rpn.anchor_generator([f.shape[-2:] for f in fused["state"]["visual"]])
         return outputs, anchors
 
     @torch.no_grad()
