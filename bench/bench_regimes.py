@@ -6,7 +6,8 @@ Usage:
 
 Each regime is applied as in a run (``apply_regime`` with FREEZE_CONV_BODY_AT 2, frozen modules in eval mode);
 a step is forward + losses + backward + AdamW step. Frozen parts build no autograd graph, so linear probing and
-prompt tuning should cost little more than a forward pass. Prints steps/s and the forward share of a step.
+prompt tuning should cost little more than a forward pass. Prints steps/s and the forward share of a step, for
+the default (fast) model and for GLIP's reference computation (``--paths``), side by side in the same run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from PIL import Image  # noqa: E402
 
 from odinw_bench.models.glip.backend import GLIPBackend  # noqa: E402
 from odinw_bench.models.glip.config import get_preset  # noqa: E402
+from odinw_bench.models.glip.dyconv import set_deform_implementation  # noqa: E402
 from odinw_bench.training.regimes import (  # noqa: E402
     apply_regime,
     count_parameters,
@@ -41,12 +43,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench(preset: str, regime_name: str, device: str, size: int | None, batch: int, steps: int) -> dict:
+def bench(preset: str, regime_name: str, device: str, size: int | None, batch: int, steps: int,
+          path: str = "fast") -> dict:
     torch.manual_seed(0)
     cfg = get_preset(preset)
     if size is not None:
         cfg = cfg.replace(input=dataclasses.replace(cfg.input, min_size_train=(size,), max_size_train=int(size * 1.6)))
     backend = GLIPBackend(cfg).to(device)
+    if path == "reference":  # GLIP's computation: captions padded to 256 tokens, torchvision's deformable kernels
+        backend.model.trim_text = False
+        set_deform_implementation(backend.model, "torchvision")
     backend.set_vocabulary(NAMES)
     regime = get_regime(regime_name)
     apply_regime(backend, regime, freeze_conv_body_at=2)
@@ -85,14 +91,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="training short side (default: the preset's)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--paths", default="fast,reference",
+                        help="fast (the default model: trimmed text, gather-based deformable convolution) and/or "
+                        "reference (GLIP's padded text, torchvision's kernels), each regime in the same run")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU threads, batch {args.batch}")
-    print(f"{'model':<11} {'regime':<13} {'input':<11} {'trainable':>12} {'steps/s':>8} {'fwd share':>9}")
+    print(f"{'model':<11} {'regime':<13} {'path':<10} {'input':<11} {'trainable':>12} {'steps/s':>8} {'fwd share':>9}")
     for preset in args.models.split(","):
         for regime in args.regimes.split(","):
-            r = bench(preset, regime, args.device, args.size, args.batch, args.steps)
-            print(f"{preset:<11} {regime:<13} {str(r['input']):<11} {r['trainable']:>12,} {r['steps_per_s']:8.2f} "
-                  f"{r['forward_share']:9.0%}", flush=True)
+            for path in args.paths.split(","):
+                r = bench(preset, regime, args.device, args.size, args.batch, args.steps, path)
+                print(f"{preset:<11} {regime:<13} {path:<10} {str(r['input']):<11} {r['trainable']:>12,} "
+                      f"{r['steps_per_s']:8.2f} {r['forward_share']:9.0%}", flush=True)
 
 
 if __name__ == "__main__":
