@@ -8,14 +8,20 @@ the sampled columns. The sampling rule is torchvision's (and GLIP's CUDA kernel'
 four integer neighbours with bilinear weights, a neighbour outside the map reads 0, so a point at or beyond one
 pixel outside the map gives 0. Results equal torchvision's up to float summation order (about 1e-6 relative).
 
+Without autograd (evaluation), :func:`deform_conv2d_grid` samples with one ``grid_sample`` call instead: the same
+rule (bilinear, zero outside), fused into one parallel kernel, 2-3x faster at GLIP-T's sizes; its backward is
+slower than the gathers', so training keeps them.
+
 Example::
 
     out = deform_conv2d_sampled(x, offset, weight, bias, stride=1, mask=mask)   # same as torchvision.ops'
+    out = deform_conv2d_grid(x, offset, weight, bias, stride=1, mask=mask)      # the same, for inference
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 #: Taps of a 3×3 kernel, row-major: tap k = 3i + j reads offset channels 2k (dy) and 2k + 1 (dx), mask channel k.
 KERNEL = 3
@@ -53,6 +59,58 @@ def deform_conv2d_sampled(
     return out.view(batch, weight.shape[0], out_h, out_w)
 
 
+def deform_conv2d_grid(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int,
+    mask: torch.Tensor,
+    padding: int = 1,
+) -> torch.Tensor:
+    """:func:`deform_conv2d_sampled` with the bilinear samples taken by ``F.grid_sample`` (one fused kernel).
+
+    ``grid_sample(padding_mode="zeros")`` reads the four neighbours of a point with bilinear weights and 0 for a
+    neighbour outside the map: torchvision's rule. Pixel coordinates are normalised for ``align_corners=False``
+    (valid for maps one pixel wide), which costs about 1e-7 relative in the sample position in float32 (in float64
+    the result equals torchvision's to 1e-13). Args and returns as :func:`deform_conv2d_sampled`.
+    """
+    batch, channels, height, width = x.shape
+    out_h, out_w = offset.shape[-2:]
+    taps = KERNEL * KERNEL
+    y, x_pos = _sample_points(offset, stride, padding, x.dtype)
+    locations = out_h * out_w
+    # align_corners=False: pixel p is at normalised (2p + 1) / size - 1.
+    grid = torch.stack(((2 * x_pos + 1) / width - 1, (2 * y + 1) / height - 1), dim=-1)  # (B, 9, H_out, W_out, 2)
+    # One grid_sample entry per (image, tap): the kernel runs its batch entries in parallel, and an evaluation
+    # batch is one image. For one image the nine inputs are a view of it, not copies.
+    inputs = x.unsqueeze(1).expand(batch, taps, channels, height, width).reshape(batch * taps, channels, height,
+                                                                                   width)
+    samples = F.grid_sample(inputs, grid.view(batch * taps, out_h, out_w, 2), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)  # (B * 9, C, H_out, W_out)
+    columns = samples.view(batch, taps, channels, locations) * mask.reshape(batch, taps, 1, locations)
+    tap_major = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], taps * channels)  # as the columns' rows
+    out = torch.matmul(tap_major, columns.view(batch, taps * channels, locations))
+    if bias is not None:
+        out = out + bias.view(1, -1, 1)
+    return out.view(batch, weight.shape[0], out_h, out_w)
+
+
+def _sample_points(offset: torch.Tensor, stride: int, padding: int,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns (each (B, 9, H_out, W_out)) of every tap's sample point: grid position + tap + offset."""
+    batch = offset.shape[0]
+    out_h, out_w = offset.shape[-2:]
+    taps = KERNEL * KERNEL
+    device = offset.device
+    base_y = (torch.arange(out_h, device=device, dtype=dtype) * stride - padding).view(1, 1, out_h, 1)
+    base_x = (torch.arange(out_w, device=device, dtype=dtype) * stride - padding).view(1, 1, 1, out_w)
+    tap_i = torch.arange(KERNEL, device=device, dtype=dtype).repeat_interleave(KERNEL).view(1, taps, 1, 1)
+    tap_j = torch.arange(KERNEL, device=device, dtype=dtype).repeat(KERNEL).view(1, taps, 1, 1)
+    offset = offset.view(batch, taps, 2, out_h, out_w)
+    return base_y + tap_i + offset[:, :, 0], base_x + tap_j + offset[:, :, 1]
+
+
 def _sampled_columns(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, stride: int,
                      padding: int) -> torch.Tensor:
     """The modulated bilinear samples every output location reads, laid out as im2col columns.
@@ -63,14 +121,7 @@ def _sampled_columns(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, 
     batch, channels, height, width = x.shape
     out_h, out_w = offset.shape[-2:]
     taps = KERNEL * KERNEL
-    dtype = x.dtype
-    base_y = (torch.arange(out_h, device=x.device, dtype=dtype) * stride - padding).view(1, 1, out_h, 1)
-    base_x = (torch.arange(out_w, device=x.device, dtype=dtype) * stride - padding).view(1, 1, 1, out_w)
-    tap_i = torch.arange(KERNEL, device=x.device, dtype=dtype).repeat_interleave(KERNEL).view(1, taps, 1, 1)
-    tap_j = torch.arange(KERNEL, device=x.device, dtype=dtype).repeat(KERNEL).view(1, taps, 1, 1)
-    offset = offset.view(batch, taps, 2, out_h, out_w)
-    y = base_y + tap_i + offset[:, :, 0]  # (B, 9, H_out, W_out) sample rows
-    x_pos = base_x + tap_j + offset[:, :, 1]
+    y, x_pos = _sample_points(offset, stride, padding, x.dtype)  # (B, 9, H_out, W_out) each
     y0, x0 = torch.floor(y), torch.floor(x_pos)
     ly, lx = y - y0, x_pos - x0
     y0, x0 = y0.long(), x0.long()

@@ -22,7 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-from odinw_bench.models.glip.deform_sampling import deform_conv2d_sampled
+from odinw_bench.models.glip.deform_sampling import (
+    deform_conv2d_grid,
+    deform_conv2d_sampled,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +53,8 @@ class ModulatedDeformConv3x3(nn.Module):
 
     Holds ``weight`` (out, in, 3, 3) and ``bias`` (out,) like GLIP's ``ModulatedDeformConv``, whose init it
     also follows (uniform ±1/sqrt(in·9), zero bias). ``implementation`` picks the kernel (not a weight, not
-    saved): ``"sampled"`` (gathers + matmul) or ``"torchvision"`` (the reference).
+    saved): ``"sampled"`` (gathers + matmul with autograd, one ``grid_sample`` + matmul without) or
+    ``"torchvision"`` (the reference).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
@@ -86,7 +90,10 @@ class ModulatedDeformConv3x3(nn.Module):
         bias = self.bias.to(x.dtype)
         if self.implementation == "torchvision":
             return deform_conv2d(x, offset, weight, bias, stride=self.stride, padding=1, mask=mask)
-        return deform_conv2d_sampled(x, offset.to(x.dtype), weight, bias, self.stride, mask.to(x.dtype))
+        # Without autograd one fused grid_sample is fastest; training keeps the gathers (their backward is faster),
+        # so a fit computes exactly what it computed before evaluation got its own kernel.
+        kernel = deform_conv2d_sampled if torch.is_grad_enabled() else deform_conv2d_grid
+        return kernel(x, offset.to(x.dtype), weight, bias, self.stride, mask.to(x.dtype))
 
 
 def set_deform_implementation(model: nn.Module, implementation: str) -> int:

@@ -64,16 +64,13 @@ class BiMultiHeadAttention(nn.Module):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, E) → (B·heads, N, head_dim)."""
-        batch = x.shape[0]
-        x = x.view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2).contiguous()
-        return x.view(batch * self.num_heads, -1, self.head_dim)
+    def _head_view(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, E) → (B, heads, N, head_dim), a view (no copy)."""
+        return x.view(x.shape[0], -1, self.num_heads, self.head_dim).transpose(1, 2)
 
     def _merge_heads(self, x: torch.Tensor, batch: int) -> torch.Tensor:
-        """(B·heads, N, head_dim) → (B, N, E)."""
-        x = x.view(batch, self.num_heads, -1, self.head_dim).transpose(1, 2)
-        return x.reshape(batch, -1, self.embed_dim)
+        """(B, heads, N, head_dim) → (B, N, E)."""
+        return x.transpose(1, 2).reshape(batch, -1, self.embed_dim)
 
     def forward(
         self, v: torch.Tensor, l: torch.Tensor, attention_mask_l: torch.Tensor | None = None
@@ -89,12 +86,18 @@ class BiMultiHeadAttention(nn.Module):
             delta_v (B, Nv, v_dim) and delta_l (B, L, l_dim).
         """
         batch, num_visual, _ = v.shape
-        query = self._split_heads(self.v_proj(v) * self.scale)
-        key = self._split_heads(self.l_proj(l))
-        value_v = self._split_heads(self.values_v_proj(v))
-        value_l = self._split_heads(self.values_l_proj(l))
+        # The visual side is (B, Nv, 2048): at GLIP-T's test size each such tensor is 180 MB, so the heads are
+        # views (matmul reads the strides) and the scale is applied in place: no copies, the same numbers.
+        query = self.v_proj(v)
+        query.mul_(self.scale)
+        query = self._head_view(query)
+        value_v = self._head_view(self.values_v_proj(v))
+        key = self._head_view(self.l_proj(l))
+        value_l = self._head_view(self.values_l_proj(l))
 
-        attn = torch.bmm(query, key.transpose(1, 2)).clamp(min=-CLAMP, max=CLAMP)  # (B·h, Nv, L)
+        num_text = l.shape[1]
+        attn = torch.matmul(query, key.transpose(-1, -2)).view(batch * self.num_heads, num_visual, num_text)
+        attn = attn.clamp(min=-CLAMP, max=CLAMP)  # (B·h, Nv, L)
 
         # Image→text: every visual token (padding included) is attended to; no mask.
         attn_t = attn.transpose(1, 2)
@@ -108,8 +111,9 @@ class BiMultiHeadAttention(nn.Module):
 
         attn_v = F.dropout(attn_v, p=self.dropout, training=self.training)
         attn_l = F.dropout(attn_l, p=self.dropout, training=self.training)
-        out_v = self._merge_heads(torch.bmm(attn_v, value_l), batch)
-        out_l = self._merge_heads(torch.bmm(attn_l, value_v), batch)
+        heads = (batch, self.num_heads)
+        out_v = self._merge_heads(torch.matmul(attn_v.view(*heads, num_visual, num_text), value_l), batch)
+        out_l = self._merge_heads(torch.matmul(attn_l.view(*heads, num_text, num_visual), value_v), batch)
         return self.out_v_proj(out_v), self.out_l_proj(out_l)
 
 
