@@ -6,10 +6,7 @@ import pytest
 import torch
 from torchvision.ops import deform_conv2d
 
-from odinw_bench.models.glip.deform_sampling import (
-    deform_conv2d_grid,
-    deform_conv2d_sampled,
-)
+from odinw_bench.models.glip.deform_sampling import deform_conv2d_sampled
 from odinw_bench.models.glip.dyconv import (
     DyConv,
     ModulatedDeformConv3x3,
@@ -105,7 +102,8 @@ def test_grid_sample_path_equals_torchvision_in_float64_with_one_pixel_maps(shap
     x, offset, weight, bias, mask = _inputs(*shape, dtype=torch.float64)
     with torch.no_grad():
         reference = deform_conv2d(x, offset, weight, bias, stride=shape[-1], padding=1, mask=mask)
-        torch.testing.assert_close(deform_conv2d_grid(x, offset, weight, bias, shape[-1], mask), reference,
+        torch.testing.assert_close(deform_conv2d_sampled(x, offset, weight, bias, shape[-1], mask, sampler="grid"),
+                                   reference,
                                    rtol=0, atol=1e-12)
 
 
@@ -115,7 +113,8 @@ def test_grid_sample_path_reads_integer_offsets_and_borders_like_torchvision():
     mask = torch.rand(1, 9, 5, 6, dtype=torch.float64)
     with torch.no_grad():
         reference = deform_conv2d(x, offset, weight, bias, stride=1, padding=1, mask=mask)
-        torch.testing.assert_close(deform_conv2d_grid(x, offset, weight, bias, 1, mask), reference,
+        torch.testing.assert_close(deform_conv2d_sampled(x, offset, weight, bias, 1, mask, sampler="grid"),
+                                   reference,
                                    rtol=0, atol=1e-12)
 
 
@@ -123,13 +122,14 @@ def test_the_module_uses_grid_sample_without_autograd_and_gathers_with_it(monkey
     from odinw_bench.models.glip import deform_sampling, dyconv
 
     used = []
-    for name in ("deform_conv2d_grid", "deform_conv2d_sampled"):
-        real = getattr(deform_sampling, name)
-        monkeypatch.setattr(dyconv, name, lambda *a, _real=real, _name=name, **k: used.append(_name) or _real(*a, **k))
+    real = deform_sampling.deform_conv2d_sampled
+    monkeypatch.setattr(dyconv, "deform_conv2d_sampled", lambda *a, **k: used.append(k["sampler"]) or real(*a, **k))
     conv = ModulatedDeformConv3x3(3, 4)
     x, offset, _, _, mask = _inputs(1, 3, 4, 5, 6, 1, dtype=torch.float32)
     conv(x, offset, mask)
     with torch.no_grad():
         plain = conv(x, offset, mask)
-    assert used == ["deform_conv2d_sampled", "deform_conv2d_grid"]
+    assert used == ["gather", "grid"]
     torch.testing.assert_close(plain, conv(x, offset, mask).detach(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="sampler"):
+        deform_conv2d_sampled(x, offset, conv.weight, None, 1, mask, sampler="nearest")

@@ -8,14 +8,14 @@ the sampled columns. The sampling rule is torchvision's (and GLIP's CUDA kernel'
 four integer neighbours with bilinear weights, a neighbour outside the map reads 0, so a point at or beyond one
 pixel outside the map gives 0. Results equal torchvision's up to float summation order (about 1e-6 relative).
 
-Without autograd (evaluation), :func:`deform_conv2d_grid` samples with one ``grid_sample`` call instead: the same
-rule (bilinear, zero outside), fused into one parallel kernel, 2-3x faster at GLIP-T's sizes; its backward is
-slower than the gathers', so training keeps them.
+Without autograd (evaluation), ``sampler="grid"`` samples with ``grid_sample`` instead: the same rule (bilinear,
+zero outside) in one fused kernel per image and tap, 2-3x faster at GLIP-T's sizes; its backward is slower than
+the gathers', so training keeps them.
 
 Example::
 
     out = deform_conv2d_sampled(x, offset, weight, bias, stride=1, mask=mask)   # same as torchvision.ops'
-    out = deform_conv2d_grid(x, offset, weight, bias, stride=1, mask=mask)      # the same, for inference
+    out = deform_conv2d_sampled(x, offset, weight, bias, 1, mask, sampler="grid")  # the same, for inference
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def deform_conv2d_sampled(
     stride: int,
     mask: torch.Tensor,
     padding: int = 1,
+    sampler: str = "gather",
 ) -> torch.Tensor:
     """Modulated deformable 3×3 convolution, one offset group, no dilation.
 
@@ -46,40 +47,42 @@ def deform_conv2d_sampled(
         stride: Convolution stride.
         mask: (B, 9, H_out, W_out) modulation per tap.
         padding: Zero padding on every side.
+        sampler: ``"gather"`` (four gathers per tap; the fast backward) or ``"grid"`` (one ``grid_sample`` per
+            image and tap; faster without autograd, slower backward).
 
     Returns:
         (B, C_out, H_out, W_out).
     """
-    batch, channels, height, width = x.shape
+    batch = x.shape[0]
     out_h, out_w = offset.shape[-2:]
-    columns = _sampled_columns(x, offset, mask, stride, padding)  # (B, C_in * 9, H_out * W_out)
-    out = torch.matmul(weight.reshape(weight.shape[0], -1), columns)  # (B, C_out, H_out * W_out)
+    if sampler == "gather":
+        columns = _sampled_columns(x, offset, mask, stride, padding)  # (B, C_in * 9, H_out * W_out)
+        kernel = weight.reshape(weight.shape[0], -1)
+    elif sampler == "grid":
+        columns = _grid_columns(x, offset, mask, stride, padding)  # (B, 9 * C_in, H_out * W_out)
+        kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)  # tap-major, as the columns' rows
+    else:
+        raise ValueError(f"sampler must be 'gather' or 'grid', not {sampler!r}")
+    out = torch.matmul(kernel, columns)  # (B, C_out, H_out * W_out)
     if bias is not None:
         out = out + bias.view(1, -1, 1)
     return out.view(batch, weight.shape[0], out_h, out_w)
 
 
-def deform_conv2d_grid(
-    x: torch.Tensor,
-    offset: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: int,
-    mask: torch.Tensor,
-    padding: int = 1,
-) -> torch.Tensor:
-    """:func:`deform_conv2d_sampled` with the bilinear samples taken by ``F.grid_sample`` (one fused kernel).
+def _grid_columns(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, stride: int,
+                  padding: int) -> torch.Tensor:
+    """The modulated bilinear samples taken by ``F.grid_sample``, tap-major: (B, 9 * C_in, H_out * W_out).
 
     ``grid_sample(padding_mode="zeros")`` reads the four neighbours of a point with bilinear weights and 0 for a
     neighbour outside the map: torchvision's rule. Pixel coordinates are normalised for ``align_corners=False``
     (valid for maps one pixel wide), which costs about 1e-7 relative in the sample position in float32 (in float64
-    the result equals torchvision's to 1e-13). Args and returns as :func:`deform_conv2d_sampled`.
+    the result equals torchvision's to 1e-13).
     """
     batch, channels, height, width = x.shape
     out_h, out_w = offset.shape[-2:]
     taps = KERNEL * KERNEL
-    y, x_pos = _sample_points(offset, stride, padding, x.dtype)
     locations = out_h * out_w
+    y, x_pos = _sample_points(offset, stride, padding, x.dtype)
     # align_corners=False: pixel p is at normalised (2p + 1) / size - 1.
     grid = torch.stack(((2 * x_pos + 1) / width - 1, (2 * y + 1) / height - 1), dim=-1)  # (B, 9, H_out, W_out, 2)
     # One grid_sample entry per (image, tap): the kernel runs its batch entries in parallel, and an evaluation
@@ -89,11 +92,7 @@ def deform_conv2d_grid(
     samples = F.grid_sample(inputs, grid.view(batch * taps, out_h, out_w, 2), mode="bilinear",
                             padding_mode="zeros", align_corners=False)  # (B * 9, C, H_out, W_out)
     columns = samples.view(batch, taps, channels, locations) * mask.reshape(batch, taps, 1, locations)
-    tap_major = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], taps * channels)  # as the columns' rows
-    out = torch.matmul(tap_major, columns.view(batch, taps * channels, locations))
-    if bias is not None:
-        out = out + bias.view(1, -1, 1)
-    return out.view(batch, weight.shape[0], out_h, out_w)
+    return columns.view(batch, taps * channels, locations)
 
 
 def _sample_points(offset: torch.Tensor, stride: int, padding: int,

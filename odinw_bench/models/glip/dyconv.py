@@ -22,10 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-from odinw_bench.models.glip.deform_sampling import (
-    deform_conv2d_grid,
-    deform_conv2d_sampled,
-)
+from odinw_bench.models.glip.deform_sampling import deform_conv2d_sampled
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +89,9 @@ class ModulatedDeformConv3x3(nn.Module):
             return deform_conv2d(x, offset, weight, bias, stride=self.stride, padding=1, mask=mask)
         # Without autograd one fused grid_sample is fastest; training keeps the gathers (their backward is faster),
         # so a fit computes exactly what it computed before evaluation got its own kernel.
-        kernel = deform_conv2d_sampled if torch.is_grad_enabled() else deform_conv2d_grid
-        return kernel(x, offset.to(x.dtype), weight, bias, self.stride, mask.to(x.dtype))
+        sampler = "gather" if torch.is_grad_enabled() else "grid"
+        return deform_conv2d_sampled(x, offset.to(x.dtype), weight, bias, self.stride, mask.to(x.dtype),
+                                     sampler=sampler)
 
 
 def set_deform_implementation(model: nn.Module, implementation: str) -> int:
