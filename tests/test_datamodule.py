@@ -239,6 +239,22 @@ def test_eval_loaders_cover_every_image_once_in_id_order(backend, root):
         assert all(b.targets is None and b.original_sizes == [(128, 160)] * len(b.image_ids) for b in batches)
 
 
+def test_each_eval_image_is_decoded_once_for_every_pass(backend, root):
+    from odinw_bench.training.eval_images import EvalImages
+
+    dm = make(backend, root, shots="all", eval_batch_size=3)
+    loader = dm.val_dataloader()
+    first, second = list(loader), list(loader)  # two epochs' validations
+    assert loader.dataset.decoded == len(loader.dataset) == 8
+    for a, b in zip(first, second):
+        assert a.image_ids == b.image_ids and torch.equal(a.images, b.images)
+    nothing_kept = EvalImages(loader.dataset.images, max_bytes=0)  # over the bound: decoded at every pass
+    for _ in range(2):
+        for index in range(len(nothing_kept)):
+            nothing_kept[index]
+    assert nothing_kept.decoded == 16
+
+
 # ----------------------------------------------------------------------------------------------- failures
 def test_corrupt_training_image_is_skipped_and_counted(backend, private_root):
     (private_root / "demo" / "train" / "train_001.png").write_bytes(b"not a png")

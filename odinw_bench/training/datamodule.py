@@ -47,6 +47,7 @@ from odinw_bench.data.sampling import parse_shots, sample_kshot
 from odinw_bench.data.task_files import load_task_split
 from odinw_bench.errors import UserError
 from odinw_bench.models.base import DetectionBatch
+from odinw_bench.training.eval_images import EvalImages
 from odinw_bench.training.run_config import glip_dataset_copies
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -200,20 +201,6 @@ class RepeatedTrainImages(Dataset):
         target = {"boxes": torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
                   "labels": torch.tensor(record.labels, dtype=torch.long)}
         return image, target, record.image.id, derive_seed("transform", self.seed, epoch, index)
-
-
-class EvalImages(Dataset):
-    """Evaluation images in id order; items are ``(PIL image, image id)``. A corrupt image raises, naming it."""
-
-    def __init__(self, images: Sequence[CocoImage]):
-        self.images = list(images)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple:
-        image = self.images[index]
-        return load_rgb(image.path, expected_size=(image.width, image.height)), image.id
 
 
 class EpochShuffleSampler(Sampler):
