@@ -165,9 +165,15 @@ def test_caption_is_tokenised_once_per_vocabulary(backend, monkeypatch):
     assert calls == [["plum. grape"]]  # one caption, tokenised once, shared by both images and both calls
     for a, b in zip(first, second):
         assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores)
-    ids, mask = backend.chunk_tokens(backend.prompt.chunks[0], 3, torch.device("cpu"))
     reference = original(["plum. grape"] * 3)
+    width = int(reference["attention_mask"].sum(dim=1).max()) + 1  # the caption and one padding column
+    ids, mask = backend.chunk_tokens(backend.prompt.chunks[0], 3, torch.device("cpu"))
+    assert torch.equal(ids, reference["input_ids"][:, :width])
+    assert torch.equal(mask, reference["attention_mask"][:, :width])
+    backend.model.trim_text = False  # GLIP's padded captions
+    ids, mask = backend.chunk_tokens(backend.prompt.chunks[0], 3, torch.device("cpu"))
     assert torch.equal(ids, reference["input_ids"]) and torch.equal(mask, reference["attention_mask"])
+    backend.model.trim_text = True
 
 
 def test_tokens_cached_during_inference_can_be_trained_on(backend):

@@ -19,7 +19,9 @@ examples:
   python -m odinw_bench run --task demo --shots 1 --model glip-micro           # offline, on built-in data
   python -m odinw_bench run --task aquarium --shots 1 --resume                 # continue an interrupted run
 
-Regimes: zero-shot, linear-probe, prompt (GLIP language_prompt_v2), full, language (GLIP language_prompt_v1).
+Regimes: zero-shot, linear-probe, prompt (GLIP language_prompt_v2), full, language (GLIP language_prompt_v1), and
+linear-probe-cached: a linear probe whose tower runs in eval mode, per image, computed once and reused in every
+epoch (faster; its records list these protocol differences).
 Trailing key=value pairs override the recipe (configs/glip_odinw.yaml), e.g. schedule.max_epochs=20.
 Writes <output>/runs/<task>/<model>/<regime>/k<shots>_s<seed>_<id>.json (+ _predictions.json) and a row of
 <output>/leaderboard.csv; fine-tuning checkpoints go to <output>/checkpoints/<id>/.

@@ -36,6 +36,7 @@ RUN_OPTIONS = (
     ("--wandb", "wandb", True), ("--prompt", "prompt", True), ("--split", "split", True),
     ("--devices", "devices", True), ("--precision", "precision", True),
     ("--checkpoint-every", "checkpoint_every", True), ("--trust-checkpoint", "trust_checkpoint", False),
+    ("--no-feature-cache", "no_feature_cache", False),
 )
 
 
@@ -46,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--tasks", default=None, help="comma list of task names, suites or task YAML paths")
     grid.add_argument("--shots", default="0,1,3,5,10,all", help="comma list (default: 0,1,3,5,10,all)")
     grid.add_argument("--seeds", default="3,30,300", help="comma list (default: GLIP's 3,30,300)")
-    grid.add_argument("--regimes", default="full", help="comma list of linear-probe, prompt, full, language "
-                      "(default: full); shots 0 always runs zero-shot")
+    grid.add_argument("--regimes", default="full", help="comma list of linear-probe, linear-probe-cached, "
+                      "prompt, full, language (default: full); shots 0 always runs zero-shot")
     grid.add_argument("--models", default=None, help="comma list of presets (default: glip-t)")
     grid.add_argument("--config", default=None, help="official GLIP YAML config (instead of --models)")
     run = parser.add_argument_group("run options (passed to every cell)")
@@ -63,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--precision", default=None, help="Lightning precision of each run")
     run.add_argument("--checkpoint-every", type=seconds_value, default=None, metavar="SECONDS",
                      help="as `run --checkpoint-every`: how often a cell writes its resume checkpoint")
+    run.add_argument("--no-feature-cache", action="store_true",
+                     help="as `run --no-feature-cache`: compute frozen features at every pass")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for every cell")
     launch = parser.add_argument_group("launching")
     launch.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",

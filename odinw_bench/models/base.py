@@ -104,6 +104,12 @@ class DetectorBackend(ABC):
         """Add the backend's prompt-tuning parameters (default: unsupported)."""
         raise UserError(f"backend '{self.name}' does not support prompt tuning")
 
+    def set_cached_tower(self, on: bool) -> None:
+        """Compute the frozen part before the output layers per image and reuse it across epochs (the
+        ``linear-probe-cached`` regime); off restores the backend's own computation (default: unsupported)."""
+        if on:
+            raise UserError(f"backend '{self.name}' cannot cache its frozen features in training", field="--regime")
+
 
 def load_backend(name: str) -> type:
     """Import and return the backend class registered under ``name``.

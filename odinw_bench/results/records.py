@@ -110,10 +110,12 @@ def make_record(
     history: list[EpochInfo] | None = None,
     peak_gpu_memory_bytes: int | None = None,
     source: SourceInfo | None = None,
+    protocol_differences: list[str] | None = None,
 ) -> RunRecord:
     """Assemble a record, filling in schema version, git state, environment and creation time.
 
-    A record with ``error`` set has status ``"failed"``; otherwise ``"ok"``. The result is validated.
+    A record with ``error`` set has status ``"failed"``; otherwise ``"ok"``. ``protocol_differences`` (the
+    regime's departures from GLIP's protocol) is written only when there are some. The result is validated.
     """
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -140,6 +142,8 @@ def make_record(
         "peak_gpu_memory_bytes": peak_gpu_memory_bytes,
         "source": None if source is None else dict(source),
     }
+    if protocol_differences:
+        record["protocol_differences"] = list(protocol_differences)
     return validate_record(to_plain(record))
 
 

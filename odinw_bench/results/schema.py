@@ -128,7 +128,7 @@ class RunRecord(TypedDict):
         prompt: See :class:`PromptInfo`.
         shots: Images per category (``0`` = zero-shot) or ``"all"`` (full training data).
         seed: Sampling and training seed.
-        regime: ``zero_shot``, ``linear_probe``, ``prompt_tuning`` or ``full``.
+        regime: The regime's name (``zero-shot``, ``linear-probe``, ``prompt``, ``full``, ...).
         sample: See :class:`SampleInfo`.
         model: See :class:`ModelInfo`.
         config: The fully resolved run config as a plain dict.
@@ -141,6 +141,7 @@ class RunRecord(TypedDict):
         history: Optional. One :class:`EpochInfo` per training epoch; None when nothing was trained.
         peak_gpu_memory_bytes: Optional. Peak CUDA memory allocated during the run; None when CUDA was not used.
         source: Optional. :class:`SourceInfo` of a record scored from a predictions file; None for a run.
+        protocol_differences: Optional. How the run's regime departs from GLIP's protocol (absent: it does not).
     """
 
     __pydantic_config__ = _STRICT
@@ -167,6 +168,7 @@ class RunRecord(TypedDict):
     history: NotRequired[list[EpochInfo] | None]
     peak_gpu_memory_bytes: NotRequired[int | None]
     source: NotRequired[SourceInfo | None]
+    protocol_differences: NotRequired[list[str]]
 
 
 # AP/AR metrics are fractions; a value above 1 almost always means someone stored percentages.

@@ -68,8 +68,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "or all (default: 1)")
     parser.add_argument("--seed", type=int, nargs="+", default=[3], help="seed(s) of sampling and training "
                         "(default: 3; GLIP uses 3 30 300)")
-    parser.add_argument("--regime", default=None, help="zero-shot, linear-probe, prompt, full or language "
-                        "(default: full, or zero-shot when --shots 0)")
+    parser.add_argument("--regime", default=None, help="zero-shot, linear-probe, linear-probe-cached, prompt, "
+                        "full or language (default: full, or zero-shot when --shots 0)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None, help="preset: glip-t (default), glip-t-a/b/c, glip-l, glip-nano "
                        "(pre-trained here, shipped), glip-micro (random weights)")
@@ -92,6 +92,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the resume checkpoint (last.ckpt) at the end of an epoch once this many seconds "
                         f"passed since the last one (default: {DEFAULT_CHECKPOINT_EVERY_S:g}; 0: every epoch). A "
                         "kill loses at most this much training")
+    parser.add_argument("--no-feature-cache", action="store_true",
+                        help="compute frozen features at every pass instead of reusing them (the same results, "
+                        "slower; for runs short of host memory)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
 

@@ -50,6 +50,7 @@ class RunRequest:
     resume: bool = False
     progress: bool = True
     checkpoint_every_s: float = 60.0
+    feature_cache: bool = True
 
     @property
     def model_name(self) -> str:
@@ -100,7 +101,7 @@ def requests_from_args(args: argparse.Namespace, *, check_data: bool = True) -> 
                 official_config=Path(args.config) if args.config else None,
                 trust_checkpoint=args.trust_checkpoint, data_root=data_root, output=Path(args.output),
                 split=split, config=config, resume=args.resume, progress=not args.no_progress,
-                checkpoint_every_s=args.checkpoint_every))
+                checkpoint_every_s=args.checkpoint_every, feature_cache=not args.no_feature_cache))
     return requests
 
 

@@ -50,7 +50,8 @@ def _build_backend(req: RunRequest, ident: RunIdentity, cache: RunCache | None) 
         backend.load_state(cache.state_dict(ckpt, trust=req.trust_checkpoint), source=ckpt)
     # Frozen stages are computed once per input and weights: across this run's epochs, and with a process
     # cache across runs (feature_cache.py; entries are keyed by content, so they never go stale).
-    backend.model.feature_cache = cache.features if cache is not None else FeatureCache()
+    if req.feature_cache:
+        backend.model.feature_cache = cache.features if cache is not None else FeatureCache()
     return backend.eval()
 
 
@@ -92,6 +93,7 @@ def _execute(req: RunRequest, backend: Any, ctx: dict, cache: RunCache | None = 
     from odinw_bench.runs.inference import evaluate_split
     from odinw_bench.training.datamodule import ODinWDataModule
     from odinw_bench.training.regimes import apply_regime, count_parameters
+    from odinw_bench.training.run_config import eval_placement
 
     resolved = ctx["resolved"]
     backend.set_vocabulary(req.task.category_names, req.task.prompt_for(req.prompt_variant))
@@ -113,8 +115,9 @@ def _execute(req: RunRequest, backend: Any, ctx: dict, cache: RunCache | None = 
         apply_regime(backend, req.regime, freeze_conv_body_at=resolved["model"]["freeze_conv_body_at"])
     params = dict(zip(("trainable", "total"), count_parameters(backend)))
     t0 = time.time()
+    device, dtype = eval_placement(resolved["trainer"])  # the fit's device and precision, also for zero-shot
     result, predictions = evaluate_split(backend, dm.test_split_data, batch_size=data["eval_batch_size"],
-                                         progress=req.progress)
+                                         progress=req.progress, device=device, autocast_dtype=dtype)
     timings["test_s"] = time.time() - t0
     return _save(req, backend, dm, ctx, result, predictions, params, timings, fit_info)
 
@@ -242,7 +245,7 @@ def _make_record(req, ctx, dm, backend, metrics, params, timings, fit_info, erro
             "val_ids_hash": None, "val_count": None, "shortfall": {}},
         model=ctx["model"], config=config, metrics=metrics, params=params,
         duration_s=time.time() - ctx["started"], timings=timings, error=error, history=fit_info.get("history"),
-        peak_gpu_memory_bytes=peak_gpu_memory_bytes())
+        peak_gpu_memory_bytes=peak_gpu_memory_bytes(), protocol_differences=list(req.regime.protocol_differences))
 
 
 def _write_failure(req: RunRequest, ctx: dict, err: BaseException) -> None:

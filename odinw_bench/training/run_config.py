@@ -378,6 +378,32 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+def eval_placement(trainer: Mapping[str, Any]) -> tuple[str, str | None]:
+    """Where a run's own evaluation (the test split after fitting, zero-shot) runs, and under which autocast dtype.
+
+    The trainer's accelerator and first device, with the precision's autocast, as Lightning's validation runs:
+    Lightning hands the model back on the CPU after ``fit``, and a zero-shot run never meets a trainer.
+
+    Args:
+        trainer: The resolved ``trainer`` section (``accelerator``, ``devices``, ``precision``).
+
+    Returns:
+        ``(device, dtype)``: e.g. ``("cuda:0", "bfloat16")`` or ``("cpu", None)`` (no autocast).
+    """
+    import torch
+
+    accelerator = trainer.get("accelerator", "auto")
+    device = "cpu"
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        devices = trainer.get("devices", "auto")
+        first = devices[0] if isinstance(devices, (list, tuple)) and devices else 0
+        device = f"cuda:{int(first)}"
+    precision = resolve_precision(str(trainer.get("precision", "auto")), accelerator)
+    dtype = {"bf16-mixed": "bfloat16", "bf16-true": "bfloat16", "16-mixed": "float16",
+             "16-true": "float16"}.get(precision)
+    return device, dtype
+
+
 def trainer_kwargs(resolved: Mapping[str, Any]) -> dict[str, Any]:
     """``pl.Trainer`` keyword arguments for a :meth:`RunConfig.resolved_for` result.
 

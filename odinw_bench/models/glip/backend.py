@@ -64,7 +64,8 @@ class GLIPBackend(nn.Module, DetectorBackend):
         self._prompt: TaskPrompt | None = None
         self._train_prompt: TaskPrompt | None = None
         # Caption tokens and the training label -> token map, built once per caption instead of per batch.
-        self._token_cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._token_cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._caption_tokens: dict[str, int] = {}  # caption -> its tokens (mask ones), counted on the host
         self._label_map_cache: dict[tuple[str, str], torch.Tensor] = {}
 
     @classmethod
@@ -146,7 +147,11 @@ class GLIPBackend(nn.Module, DetectorBackend):
         """``(input_ids, attention_mask)``, each (batch_size, L), of a prompt chunk's caption.
 
         Every image of a batch shares the caption, so it is tokenised once per caption (cached) and expanded.
+        L is GLIP's padded length (256), or with ``model.trim_text`` the caption's own (``trimmed_width``,
+        measured here on the host: the model would otherwise read the mask back from the GPU at every step).
         """
+        from odinw_bench.models.glip.model import trimmed_width
+
         key = (chunk.text, str(device))
         if key not in self._token_cache:
             from odinw_bench.data.tokenizer import tokenize_prompts
@@ -154,8 +159,12 @@ class GLIPBackend(nn.Module, DetectorBackend):
             # Cached tensors may be reused by a training step, so never create them as inference-mode tensors.
             with torch.inference_mode(False):
                 enc = tokenize_prompts([chunk.text], max_length=self.model.max_query_len)
-                self._token_cache[key] = (enc["input_ids"].to(device), enc["attention_mask"].to(device))
-        input_ids, mask = self._token_cache[key]
+                ids, mask = enc["input_ids"], enc["attention_mask"]
+                self._token_cache[key] = (ids.to(device), mask.to(device), trimmed_width(mask))
+                self._caption_tokens[chunk.text] = int(mask.sum())
+        input_ids, mask, width = self._token_cache[key]
+        if self.model.trim_text:
+            input_ids, mask = input_ids[:, :width], mask[:, :width]
         return input_ids.expand(batch_size, -1), mask.expand(batch_size, -1)
 
     # ----------------------------------------------------------------------------------------------- predict
@@ -216,7 +225,8 @@ class GLIPBackend(nn.Module, DetectorBackend):
                 self._label_map_cache[key] = chunk.positive_map_tensor(self.model.max_query_len).to(device)
         label_map = self._label_map_cache[key]
         targets = [{"boxes": t["boxes"], "positive_map": label_map[t["labels"]]} for t in batch.targets]
-        return self.model.compute_losses(batch.images, input_ids, mask, targets)
+        return self.model.compute_losses(batch.images, input_ids, mask, targets, batch.image_sizes,
+                                         real_tokens=self._caption_tokens[chunk.text])
 
     # ----------------------------------------------------------------------------------------------- params
     def parameter_groups(self) -> dict[str, list[str]]:
@@ -232,6 +242,11 @@ class GLIPBackend(nn.Module, DetectorBackend):
     def enable_prompt_tuning(self) -> None:
         """Add GLIP's zero-initialised prompt offset (``rpn.tunable_linear``)."""
         self.model.rpn.add_tunable_linear()
+
+    def set_cached_tower(self, on: bool) -> None:
+        """Run each image through the frozen tower alone, so its output is cached across epochs (see
+        :meth:`odinw_bench.models.glip.model.GLIP._fused_per_image`); off is GLIP's batch computation."""
+        self.model.per_image_tower = bool(on)
 
 
 def load_glip(preset: str | None = None, *, config: str | Path | None = None, checkpoint: str | Path | None = None,

@@ -58,6 +58,17 @@ class BertEncoder(nn.Module):
         if use_checkpoint:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    def _additive_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 1, L) additive mask: 0 where a token is seen, the dtype's minimum where it is padding.
+
+        transformers builds the same mask from a 2D one, but first asks whether any token is padded
+        (``padding_mask.all()``), which makes a GPU step wait for the host; a prepared 4D mask is used as given.
+        Adding 0 where transformers would drop the mask leaves every score as it is.
+        """
+        dtype = self.model.embeddings.word_embeddings.weight.dtype
+        seen = attention_mask[:, None, None, :].bool()
+        return torch.where(seen, torch.zeros((), dtype=dtype, device=seen.device), torch.finfo(dtype).min)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
         """Encode token ids.
 
@@ -76,7 +87,8 @@ class BertEncoder(nn.Module):
             ``aggregate`` (B, D): sum of ``embedded`` over tokens / number of unmasked tokens;
             ``hidden_states``: tuple of (B, L, D), the embeddings output then every layer.
         """
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        outputs = self.model(input_ids=input_ids, attention_mask=self._additive_mask(attention_mask),
+                             output_hidden_states=True)
         layers = outputs.hidden_states[1:]
         features = torch.stack(layers[-self.num_layers:], dim=1).mean(dim=1) / self.num_layers
         mask = attention_mask.unsqueeze(-1).to(features.dtype)

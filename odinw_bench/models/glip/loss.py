@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import sigmoid_focal_loss
 
 from odinw_bench.models.glip.box_coder import BoxCoder, box_iou_legacy
 
@@ -62,18 +62,26 @@ def _anchor_centres(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack(((boxes[:, 2] + boxes[:, 0]) / 2.0, (boxes[:, 3] + boxes[:, 1]) / 2.0), dim=1)
 
 
-def _mean_over_processes(value: torch.Tensor) -> float:
+def _world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def _mean_over_processes(value: torch.Tensor) -> torch.Tensor:
     """Sum of a scalar over the distributed processes divided by their number (GLIP's ``reduce_sum / world``).
 
-    Every process must call this the same number of times, which is why the no-positive branch calls it too.
+    GLIP takes the result back to the host (``.item()``); it stays a 0-dim tensor here (the same float32 value), so
+    a GPU step does not wait for it. Every process must call this the same number of times, which is why the
+    no-positive branch calls it too.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        world = torch.distributed.get_world_size()
-        if world > 1:
-            value = value.detach().clone().float()
-            torch.distributed.all_reduce(value)
-            return value.item() / world
-    return value.item()
+    value = value.detach()
+    world = _world_size()
+    if world > 1:
+        value = value.clone().float()
+        torch.distributed.all_reduce(value)
+        return value / world
+    return value
 
 
 def _flatten_levels(per_level: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -127,6 +135,7 @@ class ATSSLoss:
         text_masks: torch.Tensor,
         cls_logits: Sequence[torch.Tensor] | None = None,
         return_assignment: bool = False,
+        real_tokens: int | None = None,
     ):
         """Loss dict of one batch.
 
@@ -141,6 +150,9 @@ class ATSSLoss:
             cls_logits: Per level, (B, C, H_l, W_l) outputs of the dead classifier, for ``loss_cls``; without
                 them ``loss_cls`` is a plain 0.
             return_assignment: Also return the per-image :class:`AtssAssignment`.
+            real_tokens: When the caller knows that every row of ``text_masks`` is ``real_tokens`` ones and then
+                zeros, the token loss slices them instead of indexing by the mask (the same sum, and a GPU step
+                need not wait for the mask's count).
 
         Returns:
             dict(loss_reg, loss_centerness, loss_cls, loss_dot_product_token) of scalar tensors (GLIP's order),
@@ -155,13 +167,18 @@ class ATSSLoss:
 
         labels = torch.cat([a.labels for a in assignments])
         positives = (labels > 0).nonzero().squeeze(1)
-        num_pos = max(_mean_over_processes(labels.new_tensor(float(positives.numel()), dtype=torch.float32)), 1.0)
+        # The positives' count is on the host already (nonzero's size); several processes average it on the device.
+        num_pos: float | torch.Tensor = float(positives.numel())
+        if _world_size() > 1:
+            num_pos = _mean_over_processes(labels.new_tensor(num_pos, dtype=torch.float32))
+        num_pos = max(num_pos, 1.0) if isinstance(num_pos, float) else num_pos.clamp(min=1.0)
 
         losses = self._box_losses(bbox_reg, centerness, anchors, assignments, positives, num_pos)
         losses["loss_cls"] = self._cls_loss(cls_logits, labels, num_pos, token_logits)
         token_targets = torch.stack([a.token_labels for a in assignments])
         losses["loss_dot_product_token"] = (
-            self._token_loss(token_logits, token_targets, text_masks) / num_pos * self.dot_product_token_loss_weight
+            self._token_loss(token_logits, token_targets, text_masks, real_tokens) / num_pos
+            * self.dot_product_token_loss_weight
         )
         if return_assignment:
             return losses, assignments
@@ -202,7 +219,7 @@ class ATSSLoss:
         # GLIP's leftover "no object" target: only the last token; it is masked out unless the caption is full.
         unmatched_row = all_anchors.new_zeros(num_tokens)
         unmatched_row[-1] = 1.0
-        token_labels[negative] = unmatched_row
+        token_labels = torch.where(negative[:, None], unmatched_row, token_labels)  # no mask indexing: no GPU wait
         if num_gt:
             reg_targets = self.box_coder.encode(boxes[matched], all_anchors)
         else:
@@ -218,7 +235,6 @@ class ATSSLoss:
         Returns:
             (A,) IoU with the chosen gt (-INF where the anchor is positive for none) and (A,) its index.
         """
-        num_gt = boxes.shape[0]
         ious = box_iou_legacy(all_anchors, boxes)
         anchor_centres = _anchor_centres(all_anchors)
         distances = (anchor_centres[:, None, :] - _anchor_centres(boxes)[None, :, :]).pow(2).sum(-1).sqrt()
@@ -242,10 +258,10 @@ class ATSSLoss:
         )
         is_positive &= margins.min(dim=1).values > self.inside_margin
 
-        gt_index = torch.arange(num_gt, device=boxes.device).expand_as(candidates)
-        rows, cols = candidates[is_positive], gt_index[is_positive]
+        # Each column's candidates are distinct anchors (top-k per level, levels disjoint): scattering the positive
+        # candidates' IoUs (-INF for the others) writes what indexing by the positives would, with no GPU wait.
         masked_ious = torch.full_like(ious, -INF)
-        masked_ious[rows, cols] = ious[rows, cols]
+        masked_ious.scatter_(0, candidates, torch.where(is_positive, candidate_ious, -INF))
         return masked_ious.max(dim=1)
 
     @staticmethod
@@ -279,7 +295,7 @@ class ATSSLoss:
         # GLIP raises the predicted x2, y2 to at least x1, y1 before its (continuous) GIoU.
         pred_boxes = torch.cat((pred_boxes[:, :2], torch.max(pred_boxes[:, :2], pred_boxes[:, 2:])), dim=1)
         gt_boxes = self.box_coder.decode(reg_targets, batch_anchors)
-        giou = generalized_box_iou_loss(pred_boxes, gt_boxes, reduction="none", eps=1e-7)
+        giou = _giou_loss(pred_boxes, gt_boxes, eps=1e-7)
         loss_reg = (giou * ctr_targets).sum() / ctr_sum
         loss_ctr = F.binary_cross_entropy_with_logits(ctr_logits, ctr_targets, reduction="sum") / num_pos
         return {"loss_reg": loss_reg * self.reg_loss_weight, "loss_centerness": loss_ctr}
@@ -295,8 +311,16 @@ class ATSSLoss:
             * (top_bottom.min(dim=-1).values / top_bottom.max(dim=-1).values)
         )
 
-    def _token_loss(self, token_logits, token_targets, text_masks) -> torch.Tensor:
-        """Summed token sigmoid focal loss over (anchor, token) pairs whose token is in the text mask."""
+    def _token_loss(self, token_logits, token_targets, text_masks, real_tokens=None) -> torch.Tensor:
+        """Summed token sigmoid focal loss over (anchor, token) pairs whose token is in the text mask.
+
+        With ``real_tokens`` (every mask a prefix of that many ones) the first columns are taken by slicing: the
+        same elements in the same order as the mask selects, so the same sum, bit for bit.
+        """
+        if real_tokens is not None:
+            logits, targets = token_logits[..., :real_tokens], token_targets[..., :real_tokens]
+            return sigmoid_focal_loss(logits.reshape(-1), targets.reshape(-1), self.token_alpha, self.token_gamma,
+                                      reduction="sum")
         mask = (text_masks > 0)[:, None, :].expand_as(token_logits)
         return sigmoid_focal_loss(
             token_logits[mask], token_targets[mask], self.token_alpha, self.token_gamma, reduction="sum"
@@ -312,3 +336,27 @@ class ATSSLoss:
         onehot = (labels[:, None] == classes[None, :]).float()
         focal = sigmoid_focal_loss(flat, onehot, self.focal_alpha, self.focal_gamma, reduction="sum")
         return 0.0 * focal / num_pos
+
+
+def _giou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """``torchvision.ops.generalized_box_iou_loss(..., reduction="none")`` with the same values and gradients.
+
+    torchvision writes the intersection through a boolean mask, which makes a GPU step wait for the host; a
+    ``torch.where`` computes the same numbers without that.
+
+    Args:
+        boxes1, boxes2: (N, 4) xyxy boxes.
+
+    Returns:
+        (N,) 1 - GIoU.
+    """
+    x1, y1, x2, y2 = boxes1.unbind(dim=-1)
+    x1g, y1g, x2g, y2g = boxes2.unbind(dim=-1)
+    xkis1, ykis1 = torch.max(x1, x1g), torch.max(y1, y1g)
+    xkis2, ykis2 = torch.min(x2, x2g), torch.min(y2, y2g)
+    overlap = (ykis2 > ykis1) & (xkis2 > xkis1)
+    intersection = torch.where(overlap, (xkis2 - xkis1) * (ykis2 - ykis1), torch.zeros_like(x1))
+    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - intersection
+    iou = intersection / (union + eps)
+    area_c = (torch.max(x2, x2g) - torch.min(x1, x1g)) * (torch.max(y2, y2g) - torch.min(y1, y1g))
+    return 1 - (iou - ((area_c - union) / (area_c + eps)))

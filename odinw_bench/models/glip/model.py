@@ -147,6 +147,9 @@ class GLIP(nn.Module):
         self.trim_text = True
         # Frozen parts' outputs reused outside training (odinw_bench.models.glip.feature_cache); None: no cache.
         self.feature_cache: FeatureCache | None = None
+        # The linear-probe-cached regime: each image runs the frozen, eval-mode tower alone (padded to
+        # size_divisibility, not to its batch), so its tower output is reusable across epochs and batches.
+        self.per_image_tower = False
         bert_config = config.language.bert_config()
         sw = config.swin
         body = SwinTransformer(
@@ -179,54 +182,78 @@ class GLIP(nn.Module):
             lang = self.language_backbone.body(input_ids, attention_mask)
         return self.rpn.apply_prompt_offset(lang)
 
-    def forward_head(self, images: torch.Tensor, input_ids: torch.Tensor,
-                     attention_mask: torch.Tensor) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    def forward_head(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     image_sizes: Sequence[tuple[int, int]] | None = None) -> tuple[dict[str, Any], list[torch.Tensor]]:
         """Head outputs and anchors for a batch.
 
         Args:
             images: (B, 3, H, W) normalised images, zero-padded to a multiple of 32.
             input_ids: (B, L) token ids of each image's caption (L = 256 in GLIP).
             attention_mask: (B, L) 0/1 mask.
+            image_sizes: Unpadded (h, w) of each image; needed only with :attr:`per_image_tower`.
 
         Returns:
             ``(outputs, anchors)``: ``outputs`` has per-level ``logits`` (B, HW, L'), ``bbox_reg`` (B, 4, H, W),
             ``centerness`` (B, 1, H, W), ``cls_logits``; ``anchors`` is a list of (HW, 4) per level. L' is
             :func:`trimmed_width` when ``trim_text`` is on, else L; the logits of the real tokens are the same.
         """
-        if self.trim_text:
+        if self.trim_text and attention_mask.shape[1] >= self.max_query_len:  # narrower: trimmed by the caller
             width = trimmed_width(attention_mask)
             input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
-        if self.feature_cache is not None and not self.training:
-            return self._forward_head_cached(self.feature_cache, images, input_ids, attention_mask)
-        features = self.encode_image(images)
-        lang = self.encode_text(input_ids, attention_mask)
-        outputs = self.rpn.head(features, lang)
-        anchors = self.rpn.anchor_generator([f.shape[-2:] for f in features])
+        if self.per_image_tower:
+            fused = self._fused_per_image(images, input_ids, attention_mask, image_sizes)
+        elif self.feature_cache is not None and not self.training:
+            fused = self._fused_features(self.feature_cache, images, input_ids, attention_mask)
+        else:
+            features = self.encode_image(images)  # before the text: dropout draws in GLIP's order
+            lang = self.encode_text(input_ids, attention_mask)
+            fused = {"state": self.rpn.head.run_tower(features, lang), "lang": lang}
+        outputs = self.rpn.head.outputs(fused["state"], fused["lang"])
+        anchors = self.rpn.anchor_generator([f.shape[-2:] for f in fused["state"]["visual"]])
         return outputs, anchors
 
-    def _forward_head_cached(self, cache: FeatureCache, images: torch.Tensor, input_ids: torch.Tensor,
-                             attention_mask: torch.Tensor) -> tuple[dict[str, Any], list[torch.Tensor]]:
-        """:meth:`forward_head` reusing the outputs of the frozen stages (the same numbers, computed once).
+    def _cache_plan(self, cache: FeatureCache | None, device: torch.device) -> dict[str, str | None]:
+        """What a forward can reuse: the key parts (autocast state, weight hashes) of each frozen stage.
 
-        The tower is reused when everything before the output layers is frozen (zero-shot, linear probing); else
-        the image features when Swin and the FPN are, and BERT's features when BERT is (prompt tuning).
+        ``image``/``text``/``tower`` are None for a stage that trains (or without a cache). The tower is reused
+        when everything before the output layers is frozen (zero-shot, linear probing); else the image features
+        when Swin and the FPN are, and BERT's features when BERT is (prompt tuning).
+        """
+        plan: dict[str, str | None] = {"env": None, "image": None, "text": None, "tower": None}
+        if cache is None:
+            return plan
+        plan["env"] = f"{device.type}|{torch.is_autocast_enabled(device.type)}|{torch.get_autocast_dtype(device.type)}"
+        if is_frozen(self.backbone):
+            plan["image"] = cache.fingerprint([self.backbone])
+        if is_frozen(self.language_backbone):
+            plan["text"] = cache.fingerprint([self.language_backbone])
+        tunable, tower = getattr(self.rpn, "tunable_linear", None), self.rpn.head.dyhead_tower
+        if plan["image"] and plan["text"] and is_frozen(tunable) and is_frozen(tower):
+            plan["tower"] = cache.fingerprint([tunable, tower])
+        return plan
+
+    def _fused_features(self, cache: FeatureCache | None, images: torch.Tensor, input_ids: torch.Tensor,
+                        attention_mask: torch.Tensor, plan: dict[str, str | None] | None = None) -> dict[str, Any]:
+        """The tower's output ``{"state": run_tower(...), "lang": its text input}``, reusing the frozen stages.
+
+        Args:
+            cache: Where frozen stages' outputs are kept; None computes everything (the same numbers).
+            images, input_ids, attention_mask: As :meth:`forward_head` (text already trimmed).
+            plan: :meth:`_cache_plan` of ``cache`` (computed when None; a batch computes it once for its images).
         """
         device = images.device
-        env = f"{device.type}|{torch.is_autocast_enabled(device.type)}|{torch.get_autocast_dtype(device.type)}"
-        tunable = getattr(self.rpn, "tunable_linear", None)
-        frozen_image, frozen_text = is_frozen(self.backbone), is_frozen(self.language_backbone)
+        plan = plan if plan is not None else self._cache_plan(cache, device)
         # Keys hash weights and inputs, so they are only built for the stages that are reused.
-        image_key = [env, tensor_digest(images), cache.fingerprint([self.backbone])] if frozen_image else []
-        text_key = ([env, tensor_digest(input_ids, attention_mask), cache.fingerprint([self.language_backbone])]
-                    if frozen_text else [])
+        image_key = [plan["env"], tensor_digest(images), plan["image"]] if plan["image"] else []
+        text_key = [plan["env"], tensor_digest(input_ids, attention_mask), plan["text"]] if plan["text"] else []
 
         def image_features() -> list[torch.Tensor]:
-            if not frozen_image:
+            if not image_key:
                 return self.encode_image(images)
             return cache.get_or_compute("image", image_key, lambda: self.encode_image(images), device)
 
         def text_features() -> dict[str, torch.Tensor]:
-            if not frozen_text:
+            if not text_key:
                 return self.encode_text(input_ids, attention_mask)
             lang = cache.get_or_compute("text", text_key,
                                         lambda: self.language_backbone.body(input_ids, attention_mask), device)
@@ -236,15 +263,40 @@ class GLIP(nn.Module):
             lang = text_features()
             return {"state": self.rpn.head.run_tower(image_features(), lang), "lang": lang}
 
-        head = self.rpn.head
-        if frozen_image and frozen_text and is_frozen(tunable) and is_frozen(head.dyhead_tower):
-            tower_key = [*image_key, *text_key, cache.fingerprint([tunable, head.dyhead_tower])]
-            fused = cache.get_or_compute("tower", tower_key, tower, device)
-        else:
-            fused = tower()
-        outputs = head.outputs(fused["state"], fused["lang"])
-        anchors = self.rpn.anchor_generator([f.shape[-2:] for f in fused["state"]["visual"]])
-        return outputs, anchors
+        if plan["tower"]:
+            return cache.get_or_compute("tower", [*image_key, *text_key, plan["tower"]], tower, device)
+        return tower()
+
+    def _fused_per_image(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         image_sizes: Sequence[tuple[int, int]] | None) -> dict[str, Any]:
+        """The tower's output with each image computed alone, then zero-padded to the batch's feature sizes.
+
+        An image alone is what GLIP computes for a batch of one: the image padded to ``size_divisibility``. Its
+        tower output therefore depends only on (image, resize, flip, caption, weights), so the cache serves it in
+        every later epoch, whatever batch the image lands in. In a batch GLIP pads every image to the largest
+        and the fusion's attention spans that padding; here the padding is zeros after the tower, a protocol
+        difference the ``linear-probe-cached`` regime records.
+
+        Args:
+            images: (B, 3, H, W) padded batch; input_ids, attention_mask: (B, L) trimmed captions.
+            image_sizes: Unpadded (h, w) of each image.
+
+        Returns:
+            As :meth:`_fused_features` for the whole batch: per-level visual (B, C, H_l, W_l), text (B, L, D).
+        """
+        if image_sizes is None or len(image_sizes) != images.shape[0]:
+            raise ValueError("per_image_tower needs the unpadded size of every image of the batch")
+        tunable = getattr(self.rpn, "tunable_linear", None)
+        if not all(is_frozen(m) for m in (self.backbone, self.language_backbone, tunable, self.rpn.head.dyhead_tower)):
+            raise RuntimeError("per_image_tower needs Swin, the FPN, BERT and the tower frozen and in eval mode")
+        div = self.config.input.size_divisibility
+        plan = self._cache_plan(self.feature_cache, images.device)
+        parts = []
+        for i, (height, width) in enumerate(image_sizes):
+            crop = images[i:i + 1, :, : -(-height // div) * div, : -(-width // div) * div]
+            parts.append(self._fused_features(self.feature_cache, crop, input_ids[i:i + 1],
+                                              attention_mask[i:i + 1], plan))
+        return _stack_fused(parts)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, image_sizes: Sequence[tuple[int, int]], input_ids: torch.Tensor,
@@ -260,26 +312,50 @@ class GLIP(nn.Module):
         Returns:
             Per image ``dict(boxes (N, 4) xyxy, scores (N,), labels (N,) 1-based)``.
         """
-        outputs, anchors = self.forward_head(images, input_ids, attention_mask)
+        outputs, anchors = self.forward_head(images, input_ids, attention_mask, image_sizes)
         return self.rpn.post_processor(outputs["logits"], outputs["bbox_reg"], outputs["centerness"], anchors,
                                        positive_map, image_sizes)
 
     def compute_losses(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       targets: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+                       targets: Sequence[Mapping[str, torch.Tensor]],
+                       image_sizes: Sequence[tuple[int, int]] | None = None,
+                       real_tokens: int | None = None) -> dict[str, torch.Tensor]:
         """GLIP's training losses.
 
         Args:
             images: (B, 3, H, W) padded batch.
             input_ids, attention_mask: (B, L) tokenised captions.
             targets: Per image ``dict(boxes (G, 4) xyxy in resized pixels, positive_map (G, L) 0/1)``; G may be 0.
+            image_sizes: Unpadded (h, w) of each image; needed only with :attr:`per_image_tower`.
+            real_tokens: Tokens of the caption when every row of ``attention_mask`` is that many ones then zeros
+                (known on the host: the loss then reads no mask back from a GPU).
 
         Returns:
             ``loss_reg``, ``loss_centerness``, ``loss_cls`` (always 0, as GLIP), ``loss_dot_product_token``.
         """
-        outputs, anchors = self.forward_head(images, input_ids, attention_mask)
+        outputs, anchors = self.forward_head(images, input_ids, attention_mask, image_sizes)
         width = outputs["logits"][0].shape[-1]
-        if width < attention_mask.shape[1]:  # trimmed text: cut the targets' padding columns likewise
-            targets = [{**t, "positive_map": t["positive_map"][:, :width]} if "positive_map" in t else t
-                       for t in targets]
+        # Trimmed text (here or by the caller): cut the targets' padding columns likewise.
+        targets = [{**t, "positive_map": t["positive_map"][:, :width]}
+                   if "positive_map" in t and t["positive_map"].shape[-1] > width else t for t in targets]
         return self.rpn.loss(outputs["logits"], outputs["bbox_reg"], outputs["centerness"], anchors, targets,
-                             attention_mask[:, :width], cls_logits=outputs["cls_logits"])
+                             attention_mask[:, :width], cls_logits=outputs["cls_logits"], real_tokens=real_tokens)
+
+
+def _stack_fused(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One batch from per-image tower outputs: visual levels zero-padded (bottom, right) to the largest image's
+    sizes, which are the padded batch's (each level's size grows with the image's), text tensors concatenated."""
+    if len(parts) == 1:
+        return parts[0]
+    levels = []
+    for level in zip(*(p["state"]["visual"] for p in parts)):
+        height, width = max(x.shape[-2] for x in level), max(x.shape[-1] for x in level)
+        levels.append(torch.cat([nn.functional.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]))
+                                 for x in level]))
+
+    def cat(dicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return {k: torch.cat([d[k] for d in dicts]) if isinstance(dicts[0][k], torch.Tensor) else dicts[0][k]
+                for k in dicts[0]}
+
+    return {"state": {**parts[0]["state"], "visual": levels, "lang": cat([p["state"]["lang"] for p in parts])},
+            "lang": cat([p["lang"] for p in parts])}
