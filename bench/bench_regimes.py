@@ -3,7 +3,7 @@
 Usage:
     python bench/bench_regimes.py                          # glip-micro, CPU, batch 4 of 160x128 demo-size images
     python bench/bench_regimes.py --models glip-t --device cuda --size 800 --batch 4
-    python bench/bench_regimes.py --epochs 30 --images 8     # + linear-probe epochs, default vs cached tower
+    python bench/bench_regimes.py --epochs 0                 # without the linear-probe epochs (default: 20)
 
 Each regime is applied as in a run (``apply_regime`` with FREEZE_CONV_BODY_AT 2, frozen modules in eval mode);
 a step is forward + losses + backward + AdamW step. Frozen parts build no autograd graph, so linear probing and
@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="training short side (default: the preset's)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=0,
+    parser.add_argument("--epochs", type=int, default=20,
                         help="then train linear probes this many epochs, default vs cached tower (0: skip)")
     parser.add_argument("--images", type=int, default=8, help="images of the --epochs comparison")
     parser.add_argument("--paths", default="fast,reference",

@@ -1,7 +1,7 @@
 """Every benchmark of this folder with its default settings, one after the other (``make bench``).
 
 Usage:
-    python bench/run_all.py                      # all of them (about 6 minutes on 2 CPU cores)
+    python bench/run_all.py                      # all of them (about 10 minutes on 2 CPU cores)
     python bench/run_all.py --only regimes,eval_cache
 
 Each script runs in its own process and prints what it measured; ``bench_grounding.py`` first gets a small

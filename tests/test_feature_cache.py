@@ -155,3 +155,21 @@ def test_entries_made_in_inference_mode_serve_a_forward_with_autograd():
     torch.cat(outputs["logits"], dim=1).sum().backward()
     assert cache.stats["hits"] == 1
     assert backend.model.rpn.head.dot_product_projection_text.weight.grad is not None
+
+
+def test_anchors_are_built_once_per_grid_and_never_stale():
+    from odinw_bench.models.glip.anchors import AnchorGenerator
+
+    generator = AnchorGenerator()
+    shapes = [(20, 30), (10, 15), (5, 8), (3, 4), (2, 2)]
+    with torch.inference_mode():  # an evaluation builds them first...
+        first = generator(shapes)
+    second = generator(shapes)
+    assert all(a is b for a, b in zip(first, second))  # ...and a later call reuses them
+    assert not any(a.is_inference() for a in second)  # so a training step can read them
+    fresh = generator._make(shapes)
+    assert all(torch.equal(a, b) for a, b in zip(second, fresh))
+    with torch.no_grad():
+        generator.level_cell_anchor(0).add_(1.0)  # changed (as a load would): built again
+    moved = generator(shapes)
+    assert torch.equal(moved[0], fresh[0] + 1.0) and torch.equal(moved[1], fresh[1])

@@ -10,6 +10,7 @@ also how the head flattens its per-location outputs. All images of a batch there
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ANCHOR_SIZES = (64, 128, 256, 512, 1024)
 DEFAULT_ANCHOR_STRIDES = (8, 16, 32, 64, 128)
+# Grid sizes whose anchors are kept: GLIP's 5 training sizes x a few aspect ratios, and the test sizes.
+MAX_CACHED_GRIDS = 32
 
 
 def cell_anchor(size: float, stride: int) -> torch.Tensor:
@@ -63,6 +66,10 @@ class AnchorGenerator(nn.Module):
         self.cell_anchors = nn.Module()
         for level, (size, stride) in enumerate(zip(sizes, self.strides)):
             self.cell_anchors.register_buffer(str(level), cell_anchor(size, stride))
+        # Anchors depend only on the grid sizes and the cell anchors: a run's evaluation (one input size per
+        # image shape) and its training sizes reuse them. Keyed also by the buffers' version, so loaded or
+        # changed cell anchors are never served stale; callers only read them.
+        self._grids: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()
 
     @property
     def num_levels(self) -> int:
@@ -83,6 +90,22 @@ class AnchorGenerator(nn.Module):
         """
         if len(feature_shapes) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} feature maps, got {len(feature_shapes)}")
+        cells = [self.level_cell_anchor(level) for level in range(self.num_levels)]
+        key = (tuple((int(h), int(w)) for h, w in feature_shapes),
+               tuple((c.device, c.data_ptr(), c._version) for c in cells))
+        if key in self._grids:
+            self._grids.move_to_end(key)
+            return list(self._grids[key])
+        # Normal tensors even when the first call comes from inference mode: a training step reads them too.
+        with torch.inference_mode(False):
+            anchors = self._make(feature_shapes)
+        self._grids[key] = anchors
+        if len(self._grids) > MAX_CACHED_GRIDS:
+            self._grids.popitem(last=False)
+        return list(anchors)
+
+    def _make(self, feature_shapes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+        """The anchors of :meth:`forward`, computed."""
         anchors = []
         for level, ((height, width), stride) in enumerate(zip(feature_shapes, self.strides)):
             base = self.level_cell_anchor(level)
