@@ -293,13 +293,13 @@ def _example_images(req: RunRequest, dm: Any, predictions: list[dict], limit: in
 
 def summary_table(outcomes: list[RunOutcome]) -> str:
     """One line per run: task, regime, shots, seed, test AP / AP50 (×100), best val AP, record path."""
-    lines = [f"{'task':<24} {'regime':<13} {'shots':>5} {'seed':>5} {'AP':>6} {'AP50':>6} {'valAP':>6}  record"]
+    lines = [f"{'task':<24} {'regime':<19} {'shots':>5} {'seed':>5} {'AP':>6} {'AP50':>6} {'valAP':>6}  record"]
     for o in outcomes:
         r, m = o.record, o.record["metrics"]
 
         def pct(v: Any) -> str:
             return "-" if v is None or v != v else f"{100 * v:.1f}"
-        lines.append(f"{r['task']['name']:<24} {r['regime']:<13} {str(r['shots']):>5} {r['seed']:>5} "
+        lines.append(f"{r['task']['name']:<24} {r['regime']:<19} {str(r['shots']):>5} {r['seed']:>5} "
                      f"{pct(m.get('AP')):>6} {pct(m.get('AP50')):>6} {pct(m.get('select/val_AP')):>6}  "
                      f"{o.record_path}")
     return "\n".join(lines)
