@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from odinw_bench.errors import UserError
+from odinw_bench.models.base import DetectorBackend
 from odinw_bench.models.glip.backend import GLIPBackend
 from odinw_bench.models.glip.config import get_preset
 from odinw_bench.training.regimes import (
@@ -115,3 +116,41 @@ def test_frozen_modules_follow_glip_eval_rules():
         assert backend.model.rpn.head.dyhead_tower.training is expect_tower_training, name
         assert backend.model.language_backbone.training is (name == "full"), name
         assert body.layers[1].training is (name == "full"), name
+
+
+class _OtherBackend(torch.nn.Module, DetectorBackend):
+    """A backend with another layout than GLIP's: regimes reach it only through groups and the contract."""
+
+    name = "other"
+    set_vocabulary = preprocess = predict = compute_losses = None
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+        self.language = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))
+        self.fusion = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))
+        self.head = torch.nn.Linear(2, 2)
+
+    def parameter_groups(self):
+        groups = {g: [] for g in ("backbone", "language", "fusion", "head")}
+        for name, _ in self.named_parameters():
+            groups[name.split(".")[0]].append(name)
+        return groups
+
+    def frozen_stage_names(self, freeze_at):
+        return ["backbone.0.weight", "backbone.0.bias"] if freeze_at >= 2 else []
+
+
+def test_regimes_apply_to_any_backend_through_its_groups():
+    backend = _OtherBackend()
+    assert apply_regime(backend, get_regime("linear-probe"), freeze_conv_body_at=2) == ["head.bias", "head.weight"]
+    full = apply_regime(backend, get_regime("full"), freeze_conv_body_at=2)
+    assert "backbone.0.weight" not in full and "backbone.1.weight" in full and "fusion.0.weight" in full
+    regime = get_regime("language")
+    assert apply_regime(backend, regime) == ["language.0.bias", "language.0.weight"]
+    backend.train()
+    set_frozen_modules_eval(backend, regime)
+    # Everything the regime does not train runs in eval mode; groups GLIP has and this backend lacks are ignored.
+    assert backend.language.training and not backend.fusion.training and not backend.backbone.training
+    with pytest.raises(UserError, match="prompt"):
+        apply_regime(backend, get_regime("prompt"))  # no prompt tuning in this backend

@@ -104,6 +104,15 @@ class DetectorBackend(ABC):
         """Add the backend's prompt-tuning parameters (default: unsupported)."""
         raise UserError(f"backend '{self.name}' does not support prompt tuning")
 
+    def frozen_stage_names(self, freeze_at: int) -> list[str]:
+        """Parameters of the image backbone's stem and first stages that GLIP's ``FREEZE_CONV_BODY_AT`` freezes
+        in every regime (2: the stem and stage 1; -1: none). Default: none."""
+        return []
+
+    def never_trained_names(self) -> list[str]:
+        """Parameters no regime trains (GLIP: the dead ``cls_logits`` classifier). Default: none."""
+        return []
+
     def set_cached_tower(self, on: bool) -> None:
         """Compute the frozen part before the output layers per image and reuse it across epochs (the
         ``linear-probe-cached`` regime); off restores the backend's own computation (default: unsupported)."""

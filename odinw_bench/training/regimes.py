@@ -33,11 +33,8 @@ from odinw_bench.errors import UserError
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-# GLIP's LINEAR_PROB rule: of the rpn, only parameters whose name contains one of these stay trainable.
-LINEAR_PROBE_KEYS = ("bbox_pred", "cls_logits", "centerness", "cosine_scale", "dot_product_projection_text",
-                     "head.log_scale", "head.bias_lang", "head.bias0")
-# Never trained: the dead classifier of the dot-product head (GLIP freezes it in every regime).
-ALWAYS_FROZEN_KEYS = ("rpn.head.cls_logits.",)
+# Every group of the backend (``groups``), or every group the regime does not train (``eval_groups``).
+ALL_GROUPS = "*"
 
 
 @dataclass(frozen=True)
@@ -48,11 +45,13 @@ class Regime:
         name: Our name (``zero-shot``, ``linear-probe``, ``prompt``, ``full``, ``language``).
         glip_name: The official ``TUNING_HIGHLEVEL_OVERRIDE`` it reproduces (recorded with results).
         fit: Whether the regime trains at all (zero-shot only evaluates).
-        groups: Backend parameter groups (``DetectorBackend.parameter_groups``) that train.
+        groups: Backend parameter groups (``DetectorBackend.parameter_groups``) that train; ``("*",)``: all.
+            A backend's ``head`` group is what a linear probe trains (GLIP: its LINEAR_PROB rule's tensors).
         name_filter: If set, only parameters whose name contains one of these substrings train.
         eval_groups: Groups GLIP freezes *as modules* (``BACKBONE/FPN/RPN/LANGUAGE_BACKBONE.FREEZE``): they run
-            in eval mode during training. Linear probing freezes only backbone, FPN and language this way: the
-            head tower keeps GLIP's train-mode dropout although none of its parameters train.
+            in eval mode during training; ``("*",)``: every group the regime does not train. Linear probing
+            freezes only backbone, FPN and language this way: the head tower keeps GLIP's train-mode dropout
+            although none of its parameters train. Groups a backend does not have are ignored.
         prompt_tuning: Add the backend's prompt-tuning parameters first.
         cached_tower: Compute the frozen tower per image and reuse it across epochs
             (``DetectorBackend.set_cached_tower``).
@@ -76,12 +75,12 @@ class Regime:
 
 def regimes() -> dict[str, Regime]:
     """All regimes by name (built on call: no module-level registry)."""
-    everything = ("backbone", "fpn", "language", "tower", "head")
+    everything = (ALL_GROUPS,)
     return {r.name: r for r in (
         Regime("zero-shot", "none", fit=False, eval_groups=everything),
-        Regime("linear-probe", "linear_prob", fit=True, groups=("head",), name_filter=LINEAR_PROBE_KEYS,
+        Regime("linear-probe", "linear_prob", fit=True, groups=("head",),
                eval_groups=("backbone", "fpn", "language")),
-        Regime("linear-probe-cached", "linear_prob", fit=True, groups=("head",), name_filter=LINEAR_PROBE_KEYS,
+        Regime("linear-probe-cached", "linear_prob", fit=True, groups=("head",),
                eval_groups=("backbone", "fpn", "language", "tower"), cached_tower=True,
                protocol_differences=(
                    "head tower in eval mode: no dropout in its fusion and BERT layers (GLIP's linear_prob trains "
@@ -92,8 +91,7 @@ def regimes() -> dict[str, Regime]:
         Regime("prompt", "language_prompt_v2", fit=True, groups=("prompt",), eval_groups=everything,
                prompt_tuning=True, lr=0.05, weight_decay=0.25),
         Regime("full", "full", fit=True, groups=everything),
-        Regime("language", "language_prompt_v1", fit=True, groups=("language",),
-               eval_groups=("backbone", "fpn", "tower", "head")),
+        Regime("language", "language_prompt_v1", fit=True, groups=("language",), eval_groups=everything),
     )}
 
 
@@ -135,15 +133,16 @@ def apply_regime(backend: nn.Module, regime: Regime, *, freeze_conv_body_at: int
     elif regime.cached_tower:
         raise UserError(f"regime '{regime.name}' needs a backend that can cache its tower", field="--regime")
     groups = backend.parameter_groups()
-    unknown = [g for g in regime.groups if g not in groups]
+    trained = list(groups) if ALL_GROUPS in regime.groups else list(regime.groups)
+    unknown = [g for g in trained if g not in groups]
     if unknown:
         raise UserError(f"regime '{regime.name}' needs parameter groups {unknown} that backend "
                         f"'{getattr(backend, 'name', type(backend).__name__)}' does not have", field="--regime")
-    chosen = {name for g in regime.groups for name in groups[g]}
+    chosen = {name for g in trained for name in groups[g]}
     if regime.name_filter is not None:
         chosen = {n for n in chosen if any(key in n for key in regime.name_filter)}
-    chosen = {n for n in chosen if not any(key in n for key in ALWAYS_FROZEN_KEYS)}
-    chosen -= set(_stage_frozen_names(backend, freeze_conv_body_at))
+    chosen -= set(_backend_names(backend, "never_trained_names"))
+    chosen -= set(_backend_names(backend, "frozen_stage_names", freeze_conv_body_at))
     for name, param in backend.named_parameters():
         param.requires_grad_(name in chosen)
     if regime.fit and not chosen:
@@ -151,18 +150,11 @@ def apply_regime(backend: nn.Module, regime: Regime, *, freeze_conv_body_at: int
     return sorted(chosen)
 
 
-def _stage_frozen_names(backend: nn.Module, freeze_conv_body_at: int) -> list[str]:
-    """Parameter names of the Swin stem and stages frozen by ``FREEZE_CONV_BODY_AT`` (GLIP's ``_freeze_stages``)."""
-    if freeze_conv_body_at < 0:
-        return []
-    names = []
-    for name, param in backend.named_parameters():
-        if ".backbone.body.patch_embed." in f".{name}":
-            names.append(name)
-        for stage in range(max(freeze_conv_body_at - 1, 0)):
-            if f".backbone.body.layers.{stage}." in f".{name}":
-                names.append(name)
-    return names
+def _backend_names(backend: nn.Module, method: str, *args: int) -> list[str]:
+    """``backend.<method>(*args)`` (``DetectorBackend.frozen_stage_names`` / ``never_trained_names``), [] when
+    the backend has no such method."""
+    found = getattr(backend, method, None)
+    return list(found(*args)) if found is not None else []
 
 
 def set_frozen_modules_eval(backend: nn.Module, regime: Regime, *, freeze_conv_body_at: int = -1) -> list[str]:
@@ -176,8 +168,13 @@ def set_frozen_modules_eval(backend: nn.Module, regime: Regime, *, freeze_conv_b
         Names of the switched modules (outermost only).
     """
     groups = backend.parameter_groups()
-    frozen = {name for g in regime.eval_groups if g in groups for name in groups[g]}
-    frozen |= set(_stage_frozen_names(backend, freeze_conv_body_at))
+    if ALL_GROUPS in regime.eval_groups:
+        trained = set(groups) if ALL_GROUPS in regime.groups else set(regime.groups)
+        eval_groups = [g for g in groups if g not in trained]
+    else:
+        eval_groups = [g for g in regime.eval_groups if g in groups]
+    frozen = {name for g in eval_groups for name in groups[g]}
+    frozen |= set(_backend_names(backend, "frozen_stage_names", freeze_conv_body_at))
     switched: list[str] = []
 
     def visit(prefix: str, module: nn.Module) -> None:

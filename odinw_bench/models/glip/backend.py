@@ -36,15 +36,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-# Parameter-name prefixes of the groups a regime can train (GLIP's module layout).
+# Parameter-name prefixes of the groups a regime can train (GLIP's module layout); the first match wins. ``head``
+# is what GLIP's LINEAR_PROB rule trains: the head's tensors named bbox_pred, cls_logits, centerness,
+# dot_product_projection_text, log_scale, bias_lang, bias0 (cosine_scale where present); the per-level box
+# ``scales`` are not among them.
 GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
     "backbone": ("model.backbone.body.",),
     "fpn": ("model.backbone.fpn.",),
     "language": ("model.language_backbone.",),
     "tower": ("model.rpn.head.dyhead_tower.",),
+    "scales": ("model.rpn.head.scales.",),
     "head": ("model.rpn.head.",),
     "prompt": ("model.rpn.tunable_linear.",),
 }
+# Never trained: the dead classifier of the dot-product head (GLIP freezes it in every regime).
+NEVER_TRAINED_PREFIXES = ("model.rpn.head.cls_logits.",)
 
 
 class GLIPBackend(nn.Module, DetectorBackend):
@@ -238,6 +244,17 @@ class GLIPBackend(nn.Module, DetectorBackend):
                 raise RuntimeError(f"parameter {pname} belongs to no group")
             groups[group].append(pname)
         return groups
+
+    def frozen_stage_names(self, freeze_at: int) -> list[str]:
+        """Swin's patch embedding and stages ``0 .. freeze_at - 2`` (GLIP's ``_freeze_stages``); none for -1."""
+        if freeze_at < 0:
+            return []
+        prefixes = ("model.backbone.body.patch_embed.",
+                    *(f"model.backbone.body.layers.{stage}." for stage in range(max(freeze_at - 1, 0))))
+        return [name for name, _ in self.named_parameters() if name.startswith(prefixes)]
+
+    def never_trained_names(self) -> list[str]:
+        return [name for name, _ in self.named_parameters() if name.startswith(NEVER_TRAINED_PREFIXES)]
 
     def enable_prompt_tuning(self) -> None:
         """Add GLIP's zero-initialised prompt offset (``rpn.tunable_linear``)."""
