@@ -249,13 +249,23 @@ def test_shipped_published_numbers_load_with_sources():
         assert mmdet_mean and abs(sum(per_task.values()) / 13 - mmdet_mean[0]) <= 0.0006
     tb = {r.task: r.ap for r in mmdet if r.model == "GLIP-T(B)"}
     assert tb["egohands"] == pytest.approx(0.003)  # mmdet column, not the misaligned "official" 0.540
-    readme = {r.model: r for r in refs if r.split == "unstated"}
+    readme = {r.model: r for r in refs if r.file == "glip_readme_odinw13_zero_shot.csv"}
     assert {m: round(r.ap * 100, 1) for m, r in readme.items()} == {
         "GLIP-T(A)": 28.7, "GLIP-T(B)": 33.2, "GLIP-T(C)": 44.4, "GLIP-T": 42.7, "GLIP-L": 51.2}  # fmt: skip
     assert all(r.prompt == "unstated" and r.task == "odinw13" for r in readme.values())
     assert {published.reference_model(m) for m in ("glip-t-a", "glip-t-b", "glip-t-c", "glip-t", "glip-l")} == {
         "GLIP-T(A)", "GLIP-T(B)", "GLIP-T(C)", "GLIP-T", "GLIP-L"}  # fmt: skip
     assert published.reference_model("glip-micro") is None
+    newer = [r for r in refs if r.file == "grounded_detectors_odinw.csv"]
+    mm = "MM-GDINO-T(O365,GoldG,GRIT,V3Det)"
+    per_task = {r.task: r.ap for r in newer if r.model == mm and r.task not in ("odinw13", "odinw35")}
+    assert set(per_task) == odinw13
+    (mean,) = [r.ap for r in newer if r.model == mm and r.task == "odinw13"]
+    assert abs(sum(per_task.values()) / 13 - mean) <= 0.0006
+    # Grounding DINO-B saw ODinW-35 in pre-training: every number of it carries the flag, and no other model's does.
+    flagged = {r.model for r in refs if "pretraining_includes_odinw" in r.protocol}
+    assert flagged == {"Grounding DINO-B"}
+    assert "pretraining_includes_odinw" in published.load_protocol_flags()
 
 
 @pytest.mark.parametrize(("text", "field"), [
