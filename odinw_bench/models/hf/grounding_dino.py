@@ -9,7 +9,7 @@ Example:
     >>> backend = GroundingDinoBackend.from_preset("gdino-t")                      # doctest: +SKIP
     >>> backend = GroundingDinoBackend.from_pretrained("path/to/saved_model")       # doctest: +SKIP
     >>> dets = backend.predict_images([pil_image], ["fish", "jellyfish"])           # doctest: +SKIP
-    >>> dets[0].boxes, dets[0].scores, dets[0].labels   # xyxy original pixels; labels index the names
+    >>> dets[0].boxes, dets[0].scores, dets[0].labels   # xyxy original pixels; labels index the names  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ _PATCH_EMBEDDING = "embeddings.patch_embeddings."
 # Parameter-name prefixes of each group, checked in this order (the first match wins). ``head`` is what a linear
 # probe trains: the decoder's box MLPs and class embeddings (``bbox_embed``/``class_embed``, tied to
 # ``model.decoder.*``) and the two-stage encoder's proposal box MLP and class embedding. Grounding DINO's class
-# embeddings are parameter-free dot products; MM Grounding DINO's hold one learnable bias each.
+# embeddings are parameter-free dot products; MM Grounding DINO's hold one learnable bias each. transformers' loss
+# detaches the two-stage proposals, so the proposal box MLP (``encoder_output_bbox_embed``) gets no gradient.
 GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt_offset",),
     "head": ("model.bbox_embed.", "model.class_embed.", "model.model.decoder.bbox_embed.",
@@ -83,9 +84,9 @@ class GroundingDinoBackend(nn.Module, DetectorBackend):
         self._prompt_hook: Any = None
         self._chunks: list[CaptionChunk] | None = None
         self._train_chunks: list[CaptionChunk] | None = None
-        # Per (caption, device): token tensors and span maps, built once instead of per batch.
+        # Token tensors per (caption, device) and span maps per (caption, labels, device), built once, not per batch.
         self._text_cache: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-        self._map_cache: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        self._map_cache: dict[tuple[str, tuple[int, ...], str], dict[str, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -192,8 +193,11 @@ class GroundingDinoBackend(nn.Module, DetectorBackend):
         return {name: value.repeat(batch_size, 1) for name, value in self._text_cache[key].items()}
 
     def _maps(self, chunk: CaptionChunk, device: torch.device) -> dict[str, torch.Tensor]:
-        """A caption's span map (C, T), token owners (T,) and global labels (C,) on ``device``, built once."""
-        key = (chunk.text, str(device))
+        """A caption's span map (C, T), token owners (T,) and global labels (C,) on ``device``, built once.
+
+        Keyed by the labels too: one caption (``"peach."``) may cover category 7 of one vocabulary and 0 of another.
+        """
+        key = (chunk.text, chunk.labels, str(device))
         if key not in self._map_cache:
             with torch.inference_mode(False):
                 self._map_cache[key] = {
@@ -245,8 +249,8 @@ class GroundingDinoBackend(nn.Module, DetectorBackend):
     def predict(self, batch: DetectionBatch) -> list[Detections]:
         """Detections per image under ``score_rule``; labels index the whole vocabulary.
 
-        Each caption chunk is a separate forward pass; the chunks' detections are concatenated (no cross-chunk
-        suppression), as GLIP's chunked evaluation.
+        Each caption chunk is a separate forward pass whose rule keeps its own ``topk``; the chunks' detections are
+        concatenated (no cross-chunk suppression), as GLIP's chunked evaluation.
         """
         parts: list[list[Detections]] = [[] for _ in batch.image_sizes]
         for chunk in self.chunks:

@@ -55,11 +55,16 @@ def read_config(source: str | Path, local_files_only: bool) -> dict[str, Any]:
     """
     from transformers.utils import cached_file
 
+    text = str(Path(source).expanduser()) if str(source).startswith("~") else str(source)
+    if text.startswith(("/", ".")) and not Path(text).is_dir():  # a path, not a hub id
+        raise UserError("no such folder (give a save_pretrained folder or a hub id)", path=source, field="config.json")
     try:
-        path = cached_file(str(source), "config.json", local_files_only=local_files_only)
-    except (OSError, ValueError) as err:  # ValueError: not a valid repo id (e.g. a path that does not exist)
+        path = cached_file(text, "config.json", local_files_only=local_files_only)
+    except (OSError, ValueError) as err:  # ValueError: not a valid repo id
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read the model's config.json ({first})", path=source, field="config.json") from None
+        where = "; offline: only the Hugging Face cache was read" if local_files_only else ""
+        raise UserError(f"cannot read the model's config.json ({first}){where}", path=source,
+                        field="config.json") from None
     if path is None:  # a folder without config.json
         raise UserError("has no config.json: not a model saved with save_pretrained", path=source,
                         field="config.json")
@@ -161,6 +166,7 @@ def load_model_and_processor(source: str | Path, local_files_only: bool | None =
     """
     from transformers import GroundingDinoProcessor
 
+    source = Path(source).expanduser() if str(source).startswith("~") else source
     offline = resolve_offline(local_files_only)
     class_name = model_class_name(read_config(source, offline), source)
     model = load_model(source, class_name, offline)

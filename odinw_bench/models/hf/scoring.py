@@ -44,12 +44,12 @@ def mean_rule(logits: torch.Tensor, boxes: torch.Tensor, span_map: torch.Tensor,
     from torchvision.ops import box_convert
 
     counts = span_map.sum(-1, keepdim=True).clamp(min=1)  # a category without tokens scores 0, never NaN
-    scores = logits.sigmoid() @ (span_map / counts).T  # (Q, C)
+    scores = logits.float().sigmoid() @ (span_map / counts).T  # (Q, C), float32 whatever the model's precision
     k = min(topk, scores.numel())
     top, index = scores.flatten().topk(k)
     query, label = index // scores.shape[1], index % scores.shape[1]
     keep = top > threshold
-    picked = box_convert(boxes[query[keep]], "cxcywh", "xyxy")
+    picked = box_convert(boxes[query[keep]].float(), "cxcywh", "xyxy")
     return picked, top[keep], label[keep].to(torch.long)
 
 
@@ -64,13 +64,13 @@ def pipeline_rule(logits: torch.Tensor, boxes: torch.Tensor, token_labels: torch
     """
     from transformers.image_transforms import center_to_corners_format
 
-    probs = logits.sigmoid()
+    probs = logits.float().sigmoid()  # float32 already in the pipeline's comparison: a no-op there
     scores = probs.max(-1).values
     keep = scores > threshold
     # Probabilities of name tokens only (others set below any probability) pick each query's category.
     named = probs[keep].masked_fill(token_labels[None, :] < 0, -1.0)
     labels = token_labels[named.argmax(-1)].clamp(min=0)
-    return center_to_corners_format(boxes[keep]), scores[keep], labels
+    return center_to_corners_format(boxes[keep].float()), scores[keep], labels
 
 
 def to_original_pixels(boxes: torch.Tensor, resized: tuple[int, int], original: tuple[int, int], *,

@@ -55,7 +55,8 @@ def span_label_maps(model: nn.Module, span_map: torch.Tensor, batch_size: int) -
 
     transformers derives label maps from the ``"."`` delimiters of ``input_ids`` (``build_label_maps``); the loss
     function receives them as an argument, so it is wrapped for the duration of one forward pass. Every image gets
-    the same map (one caption per batch), which also keeps the loss's per-image label offsets right.
+    the same map (one caption per batch); that also keeps the loss right for batches above two, where it offsets the
+    labels of every image after the first by one map's length instead of the running total.
     """
     library_loss = model.loss_function
     previous = model.__dict__.get("_loss_function")
