@@ -37,8 +37,12 @@ _HF_MM_CONVERT = ("huggingface/transformers src/transformers/models/mm_grounding
 _HF_MM_DOC = ("transformers docs model_doc/mm-grounding-dino (example model_id "
               "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det; 'This model also supports LLMDet "
               "inference'); configuration_mm_grounding_dino.py @auto_docstring checkpoint")
-_MMDET_MM_README = ("open-mmlab/mmdetection configs/mm_grounding_dino/README.md: MM-GDINO-T pre-train data "
-                    "O365,GoldG,V3Det; evaluation reuses the Grounding DINO test pipeline and test_cfg")
+_MMDET_MM_DATA = ("open-mmlab/mmdetection configs/mm_grounding_dino/"
+                  "grounding_dino_swin-t_pretrain_obj365_goldg_v3det.py: train datasets objects365v1, "
+                  "flickr30k_entities and gqa (GoldG), V3Det")
+_MMDET_MM_EVAL = ("open-mmlab/mmdetection configs/mm_grounding_dino/grounding_dino_swin-t_pretrain_obj365.py (base "
+                  "of the MM-GDINO-T configs): test FixScaleResize scale=(800, 1333) keep_ratio=True; test_cfg "
+                  "max_per_img=300 (mean of the span's token probabilities, GroundingDINOHead._predict_by_feat_single)")
 _LLMDET_README = ("iSEE-Laboratory/LLMDet README.md: fine-tuned from mm_grounding_dino swin-t "
                   "(grounding_dino_swin-t_pretrain_obj365_goldg_grit9m_v3det) on GroundingCap-1M "
                   "(coco, flickr30k_entities, gqa, llava_cap LLaVA-ReCap-558K, v3det)")
@@ -69,14 +73,14 @@ def _grounding_dino(hub_id: str, data: list[str], includes_odinw: bool) -> dict[
 
 
 def _mm_grounding_dino_tiny() -> dict[str, Any]:
-    values, sources = _evaluation(_MMDET_GDINO)
+    values, sources = _evaluation(_MMDET_MM_EVAL)
     return {
         "hub_id": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
         "model_class": "MMGroundingDinoForObjectDetection", "model_type": "mm-grounding-dino", **values,
         "pretraining_data": ["O365v1", "GoldG", "V3Det"], "pretraining_includes_odinw": False,
         "source": {"hub_id": f"{_HF_MM_DOC}; {_HF_MM_CONVERT}", "model_class": _HF_MM_DOC, "model_type": _HF_MM_DOC,
-                   **sources, "pretraining_data": f"{_MMDET_MM_README}; {_HF_MM_CONVERT}",
-                   "pretraining_includes_odinw": _MMDET_MM_README},
+                   **sources, "pretraining_data": f"{_MMDET_MM_DATA}; {_HF_MM_CONVERT}",
+                   "pretraining_includes_odinw": _MMDET_MM_DATA},
     }
 
 
