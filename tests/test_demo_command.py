@@ -242,7 +242,7 @@ def test_a_rerun_redoes_no_finished_run(demo_suite, data_root, tmp_path, fake_ru
 
 
 @pytest.mark.parametrize("argv, field, says", [
-    (["--model", "glip-nope"], "--model", "unknown GLIP preset 'glip-nope'"),
+    (["--model", "glip-nope"], "--model", "unknown model 'glip-nope'"),
     (["--full", "--seed", "30"], "--seed", "--full runs GLIP's seeds 3,30,300"),
     (["--tasks", "no_such_task"], "no_such_task", "unknown task or suite"),
     (["optim.lr"], "optim.lr", "expected key=value"),

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_models import save_tiny_grounding_dino, tiny_model
 from PIL import Image, ImageDraw
 
-from odinw_bench.data.tokenizer import VOCAB_SIZE, get_tokenizer
 from odinw_bench.errors import UserError
 from odinw_bench.models.hf.grounding_dino import GroundingDinoBackend
 from odinw_bench.models.hf.presets import get_preset, presets
@@ -26,34 +26,6 @@ MAX_TEXT_LEN = 16
 FRUIT = ["apple", "banana", "cherry", "grape", "lemon", "mango", "orange", "peach"]  # one token each: 2 captions
 SHAPES = ["red square", "green square", "blue square"]
 COLOURS = [(230, 30, 30), (30, 200, 30), (30, 30, 230)]
-
-
-def _tiny_config(kind: str):
-    """Swin and BERT of a few channels, 20 queries, a 16-token text window, and no dropout or drop path (so that
-    training steps are reproducible)."""
-    import transformers
-
-    swin = transformers.SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
-                                   image_size=64, out_indices=[2, 3, 4], out_features=["stage2", "stage3", "stage4"],
-                                   drop_path_rate=0.0)
-    # The real vocabulary size: the shipped bert-base-uncased tokenizer drives the model.
-    bert = transformers.BertConfig(vocab_size=VOCAB_SIZE, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=16, max_position_embeddings=32, hidden_dropout_prob=0.0,
-                                   attention_probs_dropout_prob=0.0)
-    config_cls = transformers.GroundingDinoConfig if kind == "grounding-dino" else transformers.MMGroundingDinoConfig
-    return config_cls(backbone_config=swin, text_config=bert, d_model=32, encoder_layers=1, decoder_layers=2,
-                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                      num_queries=20, encoder_n_points=2, decoder_n_points=2, max_text_len=MAX_TEXT_LEN,
-                      dropout=0.0, fusion_droppath=0.0)
-
-
-def _tiny_model(kind: str):
-    import transformers
-
-    torch.manual_seed(0)
-    model_cls = (transformers.GroundingDinoForObjectDetection if kind == "grounding-dino"
-                 else transformers.MMGroundingDinoForObjectDetection)
-    return model_cls(_tiny_config(kind)).eval()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,13 +41,7 @@ def _one_thread():
 @pytest.fixture(scope="module", params=KINDS)
 def saved(request, tmp_path_factory) -> Path:
     """A folder with a tiny model and its processor (64/96 resize, the shipped vocabulary)."""
-    from transformers import GroundingDinoImageProcessor, GroundingDinoProcessor
-
-    folder = tmp_path_factory.mktemp(request.param)
-    _tiny_model(request.param).save_pretrained(folder)
-    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
-    GroundingDinoProcessor(image_processor=image_processor, tokenizer=get_tokenizer()).save_pretrained(folder)
-    return folder
+    return save_tiny_grounding_dino(tmp_path_factory.mktemp(request.param), request.param, MAX_TEXT_LEN)
 
 
 @pytest.fixture
@@ -144,7 +110,7 @@ def test_uncached_hub_id_offline_names_the_id():
 
 
 def test_folder_without_tokenizer_uses_the_shipped_vocabulary(tmp_path):
-    _tiny_model("grounding-dino").save_pretrained(tmp_path)  # weights and config only: no processor files
+    tiny_model("grounding-dino", MAX_TEXT_LEN).save_pretrained(tmp_path)  # weights and config only: no processor files
     backend = GroundingDinoBackend.from_pretrained(tmp_path, shortest_edge=64, longest_edge=100)
     assert backend.processor.tokenizer("apple")["input_ids"] == [101, 6207, 102]
     batch = backend.preprocess([_scene(COLOURS[0], size=(150, 60))])

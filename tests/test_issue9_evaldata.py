@@ -165,7 +165,7 @@ def test_run_with_unknown_model_fails_in_well_under_a_second(tmp_path):
     )
     elapsed = time.monotonic() - started
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: field '--model': unknown GLIP preset 'glip-tt'; did you mean 'glip-t")
+    assert result.stderr.startswith("error: field '--model': unknown model 'glip-tt'; did you mean 'glip-t")
     assert result.stderr.count("\n") == 1 and "glip-micro" in result.stderr
     assert elapsed < 5, f"took {elapsed:.1f} s"  # 17 s before: torch, Lightning and the demo data came first
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()

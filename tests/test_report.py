@@ -271,3 +271,18 @@ def test_cli_report_bad_inputs_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no run records" in capsys.readouterr().err
+
+
+def test_a_model_pretrained_on_odinw_is_flagged_in_the_legend():
+    from odinw_bench.report.formats import legend_lines
+
+    records = []
+    for model in ("gdino-b", "gdino-t"):
+        for seed in SEEDS:
+            record = make_record("aquarium", "full", seed, 0.3)
+            record["model"]["name"] = model
+            record["run_id"] = f"{model}-{seed}"
+            records.append(record)
+    lines = legend_lines(report_grid.build_report(records))
+    flagged = [line for line in lines if line.startswith("NOT ZERO-SHOT")]
+    assert len(flagged) == 1 and "gdino-b" in flagged[0]

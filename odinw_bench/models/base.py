@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # Name -> "module:Class". Strings, so importing this module never imports a backend's dependencies.
 BACKENDS: dict[str, str] = {
     "glip": "odinw_bench.models.glip.backend:GLIPBackend",
+    "grounding-dino": "odinw_bench.models.hf.grounding_dino:GroundingDinoBackend",
 }
 
 
@@ -99,6 +100,15 @@ class DetectorBackend(ABC):
     @abstractmethod
     def parameter_groups(self) -> dict[str, list[str]]:
         """Named groups of parameter names (e.g. ``backbone``, ``language``, ``fusion``, ``head``, ``prompt``)."""
+
+    @property
+    def captions(self) -> list[str]:
+        """The text the model reads for the vocabulary (recorded with results): one entry per caption or query
+        chunk. Default: none."""
+        return []
+
+    def set_feature_cache(self, cache: Any) -> None:
+        """Reuse frozen parts' outputs through ``cache`` (a ``FeatureCache``; None: off). Default: no cache."""
 
     def enable_prompt_tuning(self) -> None:
         """Add the backend's prompt-tuning parameters (default: unsupported)."""

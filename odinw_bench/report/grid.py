@@ -376,7 +376,7 @@ def protocol_warnings(rep: Report) -> list[str]:
     one expected difference, GLIP's (zero-shot rows on the task's zero-shot split, trained rows on another),
     is said once for all the columns it concerns; any other difference gets a ``MIXED PROTOCOL`` line per column.
     """
-    warnings, zero_shot_split_only = [], []
+    warnings, zero_shot_split_only = _contamination_warnings(rep), []
     for task in rep.tasks:
         by_protocol: dict[tuple, list[tuple]] = {}
         for row in rep.rows:
@@ -402,6 +402,16 @@ def protocol_warnings(rep: Report) -> list[str]:
             f"{'/'.join(sorted(splits[False]))}, in columns {', '.join(rep.display[t] for t in zero_shot_split_only)} "
             "(GLIP's protocol: zero-shot on the validation split, fine-tuned models on test)")
     return warnings
+
+
+def _contamination_warnings(rep: Report) -> list[str]:
+    """A line per model whose pre-training data included ODinW (its preset says so, with the source)."""
+    from odinw_bench.models.catalog import pretraining_includes_odinw
+
+    models = sorted({row[0] for row in rep.rows})
+    return [f"NOT ZERO-SHOT: {model}'s pre-training data included ODinW-35 (see its preset's source), so its "
+            "zero-shot rows are not zero-shot and its fine-tuned rows start from weights that saw these tasks"
+            for model in models if pretraining_includes_odinw(str(model))]
 
 
 def _zero_shot_split_only(by_protocol: Mapping[tuple, list[tuple]]) -> bool:

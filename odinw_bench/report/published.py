@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: Our model presets -> the names the published tables use.
 MODEL_ALIASES = {"glip-t-a": "GLIP-T(A)", "glip-t-b": "GLIP-T(B)", "glip-t-c": "GLIP-T(C)", "glip-t": "GLIP-T",
-                 "glip-l": "GLIP-L"}  # fmt: skip
+                 "glip-l": "GLIP-L", "gdino-t": "Grounding DINO-T", "gdino-b": "Grounding DINO-B",
+                 "mm-gdino-t": "MM-GDINO-T(O365,GoldG,V3Det)"}  # fmt: skip
 #: Published prompt names -> our prompt variants (the odinw_13 configs' names are our default prompts).
 PROMPT_ALIASES = {"odinw_13": "default"}
 UNSTATED = "unstated"

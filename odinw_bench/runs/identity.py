@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from odinw_bench.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from odinw_bench.models.catalog import ModelRef
     from odinw_bench.runs.request import RunRequest
 
 
@@ -47,6 +48,13 @@ class RunIdentity:
     identity: dict
 
 
+def model_ref(req: RunRequest) -> ModelRef | None:
+    """What ``req.model`` names (None for an official GLIP YAML given with ``--config``)."""
+    from odinw_bench.models.catalog import resolve_model
+
+    return None if req.official_config is not None else resolve_model(req.model)
+
+
 def model_config(req: RunRequest) -> Any:
     """The GLIP config of a preset or an official YAML; reading it needs no weights."""
     from odinw_bench.models.glip.config import get_preset
@@ -69,6 +77,9 @@ def resolve_checkpoint(req: RunRequest, *, fetch: bool = True) -> Path | None:
         UserError: The checkpoint file does not exist.
         CheckpointNotDownloaded: ``fetch`` is False and the zoo file is not cached yet.
     """
+    ref = model_ref(req)
+    if ref is not None and ref.is_hf:
+        return _hf_weights(req, ref, fetch=fetch)
     if req.checkpoint is not None:
         if not Path(req.checkpoint).is_file():
             raise UserError("checkpoint file not found", path=req.checkpoint, field="--checkpoint")
@@ -91,10 +102,57 @@ def resolve_checkpoint(req: RunRequest, *, fetch: bool = True) -> Path | None:
     return fetch_checkpoint(req.model, trust=req.trust_checkpoint)
 
 
+def _hf_weights(req: RunRequest, ref: ModelRef, *, fetch: bool) -> Path:
+    """The folder of a Hugging Face model's weights: ``--checkpoint`` (a ``save_pretrained`` folder), the
+    ``hf:`` folder, or the hub snapshot in the Hugging Face cache (downloaded when ``fetch``, unless offline)."""
+    if req.checkpoint is not None:
+        if not (Path(req.checkpoint) / "config.json").is_file():
+            raise UserError(f"model '{ref.name}' takes a folder written by save_pretrained (with config.json)",
+                            path=req.checkpoint, field="--checkpoint")
+        from odinw_bench.models.catalog import hf_backend_of
+
+        if hf_backend_of(req.checkpoint) != ref.backend:
+            raise UserError(f"holds another kind of model than '{ref.name}'", path=req.checkpoint,
+                            field="--checkpoint")
+        return Path(req.checkpoint)
+    if Path(ref.source).is_dir():
+        return Path(ref.source)
+    from odinw_bench.models.hf.loading import resolve_offline
+
+    offline = resolve_offline(None)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref.source, local_files_only=offline or not fetch))
+    except Exception as err:  # noqa: BLE001 - the hub's errors differ by version; one line says what is missing
+        if not fetch and not offline:
+            raise CheckpointNotDownloaded(f"the weights of '{ref.name}' are not downloaded yet", path=ref.source,
+                                          field="--model") from None
+        raise UserError(f"cannot get the weights of '{ref.name}' ({type(err).__name__}: "
+                        f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no detail'})",
+                        path=ref.source, field="--model") from None
+
+
+#: Weight files of a ``save_pretrained`` folder (a folder's hash is over these).
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pth", "*.pt")
+
+
 def checkpoint_sha256(path: str | Path) -> str:
-    """SHA-256 of a checkpoint, hashed once per file version (path, size, mtime) in this process."""
-    stat = Path(path).stat()
-    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    """SHA-256 of a checkpoint file, or of a folder's weight files (their names and hashes), each file hashed once
+    per version (path, size, mtime) in this process."""
+    path = Path(path)
+    if path.is_dir():
+        import hashlib
+
+        files = sorted({f for pattern in WEIGHT_PATTERNS for f in path.glob(pattern) if f.is_file()})
+        if not files:
+            raise UserError("holds no weight file (*.safetensors, *.bin)", path=path, field="--checkpoint")
+        h = hashlib.sha256()
+        for file in files:
+            h.update(f"{file.name}:{checkpoint_sha256(file)}\n".encode())
+        return h.hexdigest()
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=64)
@@ -103,6 +161,17 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     from odinw_bench.models.glip.checkpoint import sha256_file
 
     return sha256_file(path)
+
+
+def _hf_model_config(ref: ModelRef, weights: Path) -> dict:
+    """A Hugging Face model's identity: its backend, its preset's settings (without their citations) and the
+    config.json of its weights."""
+    from odinw_bench.models.hf.loading import read_config
+
+    preset = {k: v for k, v in ref.preset.items() if k != "source"}
+    # Where the folder was saved from and the library version that wrote it do not make another model.
+    config = {k: v for k, v in read_config(weights, True).items() if k not in ("_name_or_path", "transformers_version")}
+    return {"backend": ref.backend, "preset": preset, "config": config}
 
 
 def identity_seed(req: RunRequest) -> int:
@@ -118,13 +187,14 @@ def run_identity(req: RunRequest, *, fetch: bool = True) -> RunIdentity:
     """
     from odinw_bench.results.records import make_run_id
 
-    config = model_config(req)  # first: an unknown preset is named as such, not as a missing checkpoint
+    ref = model_ref(req)  # first: an unknown model is named as such, not as a missing checkpoint
+    config = model_config(req) if ref is None or not ref.is_hf else None
     ckpt = resolve_checkpoint(req, fetch=fetch)
     model_info = {"name": req.model_name, "checkpoint": str(ckpt) if ckpt else None,
                   "checkpoint_sha256": checkpoint_sha256(ckpt) if ckpt else None}
     resolved = req.config.resolved_for(req.regime, req.shots)
     identity = {"resolved": resolved, "prompt": req.prompt_variant or "default", "split": req.split,
-                "model_config": config.to_dict()}
+                "model_config": config.to_dict() if config is not None else _hf_model_config(ref, ckpt)}
     run_id = make_run_id(req.task.name, req.task.version, model_info["name"], model_info["checkpoint_sha256"],
                          req.regime.name, req.shots, identity_seed(req), identity)
     return RunIdentity(run_id, model_info, resolved, identity)

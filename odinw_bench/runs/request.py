@@ -106,16 +106,14 @@ def requests_from_args(args: argparse.Namespace, *, check_data: bool = True) -> 
 
 
 def _check_model_name(args: argparse.Namespace) -> None:
-    """An unknown preset fails here, in milliseconds, not after torch is imported and data is generated."""
-    from odinw_bench.models.glip.config import get_preset
+    """An unknown model fails here, in milliseconds, not after torch is imported and data is generated (an
+    ``hf:`` source reads its config.json only)."""
+    from odinw_bench.models.catalog import resolve_model
 
     if args.model and args.config:
         raise UserError("give --model (a preset) or --config (an official GLIP YAML), not both", field="--config")
     if args.model:
-        try:
-            get_preset(args.model)
-        except UserError as err:
-            raise UserError(err.message, field="--model") from None
+        resolve_model(args.model)
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:

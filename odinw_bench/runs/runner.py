@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from odinw_bench.errors import UserError
-from odinw_bench.runs.identity import RunIdentity, model_config, run_identity
+from odinw_bench.runs.identity import RunIdentity, model_config, model_ref, run_identity
 
 if TYPE_CHECKING:  # pragma: no cover
     from odinw_bench.runs.cache import RunCache
@@ -36,6 +36,11 @@ class RunOutcome:
 
 def _build_backend(req: RunRequest, ident: RunIdentity, cache: RunCache | None) -> Any:
     """The backend with the weights ``ident`` names; a ``cache`` supplies a state dict read before."""
+    ref = model_ref(req)
+    if ref is not None and ref.is_hf:
+        from odinw_bench.models.catalog import load_hf_backend
+
+        return load_hf_backend(ref, ident.model["checkpoint"]).eval()
     from odinw_bench.models.glip.backend import GLIPBackend
     from odinw_bench.models.glip.feature_cache import FeatureCache
 
@@ -51,7 +56,7 @@ def _build_backend(req: RunRequest, ident: RunIdentity, cache: RunCache | None) 
     # Frozen stages are computed once per input and weights: across this run's epochs, and with a process
     # cache across runs (feature_cache.py; entries are keyed by content, so they never go stale).
     if req.feature_cache:
-        backend.model.feature_cache = cache.features if cache is not None else FeatureCache()
+        backend.set_feature_cache(cache.features if cache is not None else FeatureCache())
     return backend.eval()
 
 
@@ -233,7 +238,7 @@ def _make_record(req, ctx, dm, backend, metrics, params, timings, fit_info, erro
     # The per-epoch history is a top-level field of the record, not part of the run's configuration.
     fit = {key: value for key, value in fit_info.items() if key != "history"}
     config = {**ctx["identity"], "data": dm.describe() if dm is not None else None, "fit": fit}
-    captions = backend.prompt.captions if backend is not None else []
+    captions = backend.captions if backend is not None else []
     return make_record(
         run_id=ctx["run_id"],
         task={"name": task.name, "version": task.version, "sha256": task_sha256(task),

@@ -245,6 +245,14 @@ class GLIPBackend(nn.Module, DetectorBackend):
             groups[group].append(pname)
         return groups
 
+    @property
+    def captions(self) -> list[str]:
+        return self.prompt.captions
+
+    def set_feature_cache(self, cache: Any) -> None:
+        """Frozen stages' outputs reused through ``cache`` (:mod:`odinw_bench.models.glip.feature_cache`)."""
+        self.model.feature_cache = cache
+
     def frozen_stage_names(self, freeze_at: int) -> list[str]:
         """Swin's patch embedding and stages ``0 .. freeze_at - 2`` (GLIP's ``_freeze_stages``); none for -1."""
         if freeze_at < 0:

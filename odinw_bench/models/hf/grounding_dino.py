@@ -172,6 +172,10 @@ class GroundingDinoBackend(nn.Module, DetectorBackend):
             raise RuntimeError("call set_vocabulary(categories) first")
         return self._chunks
 
+    @property
+    def captions(self) -> list[str]:
+        return [chunk.text for chunk in self.chunks]
+
     def _training_chunk(self) -> CaptionChunk:
         if self._train_chunks is None:
             raise RuntimeError("call set_vocabulary(categories) first")

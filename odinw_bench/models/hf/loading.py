@@ -91,7 +91,9 @@ def model_class_name(config: dict[str, Any], source: str | Path) -> str:
 def load_model(source: str | Path, class_name: str, local_files_only: bool) -> PreTrainedModel:
     """The detection model's weights, in eval mode."""
     import transformers
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar per load would interleave with a sweep's lines
     model_cls = getattr(transformers, class_name)
     try:
         model = model_cls.from_pretrained(str(source), local_files_only=local_files_only)
