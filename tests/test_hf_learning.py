@@ -12,7 +12,11 @@ from PIL import Image, ImageDraw
 
 from odinw_bench.models.hf.grounding_dino import GroundingDinoBackend
 from odinw_bench.results.evaluation import detections_to_coco, evaluate_detections
-from odinw_bench.training.regimes import apply_regime, get_regime, set_frozen_modules_eval
+from odinw_bench.training.regimes import (
+    apply_regime,
+    get_regime,
+    set_frozen_modules_eval,
+)
 
 NAMES = ["red square", "green square", "blue square"]
 COLOURS = [(230, 30, 30), (30, 200, 30), (30, 30, 230)]
