@@ -111,3 +111,26 @@ def test_model_names_resolve_without_weights():
     assert pretraining_includes_odinw("gdino-b") and not pretraining_includes_odinw("gdino-t")
     with pytest.raises(UserError, match="unknown model"):
         resolve_model("owl")
+
+
+def test_a_hub_id_runs_offline_from_the_hugging_face_cache(tmp_path, folders, monkeypatch):
+    """A hub id resolves through the Hugging Face cache (the layout the hub client writes), with no network."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--tiny-org--tiny-gdino"
+    shutil.copytree(folders["gdino"], repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _run(tmp_path / "out", folders, "hf:tiny-org/tiny-gdino", "--regime", "zero-shot", shots="0") == 0
+    (record,) = _records(tmp_path / "out")
+    assert record["model"]["checkpoint"] == str(repo / "snapshots" / revision)
+    # Not in the cache and offline: one line naming the model, exit 2, nothing written.
+    assert _run(tmp_path / "none", folders, "hf:tiny-org/absent", "--regime", "zero-shot", shots="0") == 2
+    assert not (tmp_path / "none").exists()
