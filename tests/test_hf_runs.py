@@ -1,8 +1,8 @@
-"""Grounding DINO through ``run`` and ``sweep``: records and rows, every regime, and bad models refused early.
+"""Grounding DINO and OWLv2 through ``run`` and ``sweep``: records and rows, the regimes, bad models refused early.
 
 The models are tiny random ones saved as ``save_pretrained`` folders (``hf_models.py``) and named ``hf:<folder>``,
-the way a fine-tuned or downloaded checkpoint is; the presets (``gdino-t``, ...) resolve the same way from the
-Hugging Face cache, which tests never fill from the network.
+the way a fine-tuned or downloaded checkpoint is; the presets (``gdino-t``, ``owlv2-b``, ...) resolve the same way
+from the Hugging Face cache, which tests never fill from the network.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_models import save_tiny_grounding_dino
+from hf_models import save_tiny_grounding_dino, save_tiny_owlv2
 
 from odinw_bench.cli import main
 from odinw_bench.errors import UserError
 from odinw_bench.models.catalog import pretraining_includes_odinw, resolve_model
+from odinw_bench.models.hf.owl_queries import query_texts
 from odinw_bench.results.records import read_record
 
+FRUIT = ["apple", "banana", "cherry", "lemon"]  # the demo task's categories
 FAST = ["data.num_workers=0", "trainer.limit_train_batches=2", "data.batch_size=2", "trainer.log_every_n_steps=1"]
 
 
@@ -36,7 +38,8 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
     return {"data": root / "data",
             "gdino": save_tiny_grounding_dino(root / "gdino", "grounding-dino", 32),
-            "mm": save_tiny_grounding_dino(root / "mm", "mm-grounding-dino", 32)}
+            "mm": save_tiny_grounding_dino(root / "mm", "mm-grounding-dino", 32),
+            "owl": save_tiny_owlv2(root / "owl")}
 
 
 def _run(out: Path, folders: dict, model: str, *extra: str, shots: str = "1") -> int:
@@ -48,15 +51,21 @@ def _records(out: Path) -> list[dict]:
     return [read_record(p) for p in sorted(out.glob("runs/**/*.json")) if not p.stem.endswith("_predictions")]
 
 
-@pytest.mark.parametrize("regime", ["zero-shot", "linear-probe", "prompt", "full"])
-def test_a_grounding_dino_run_writes_a_record_and_a_row(tmp_path, folders, regime):
+RUNS = [*(("gdino", regime) for regime in ("zero-shot", "linear-probe", "prompt", "full")),
+        ("owl", "zero-shot"), ("owl", "linear-probe")]
+
+
+@pytest.mark.parametrize(("model", "regime"), RUNS)
+def test_a_hugging_face_run_writes_a_record_and_a_row(tmp_path, folders, model, regime):
     shots = "0" if regime == "zero-shot" else "1"
-    assert _run(tmp_path, folders, f"hf:{folders['gdino']}", "--regime", regime, shots=shots) == 0
+    assert _run(tmp_path, folders, f"hf:{folders[model]}", "--regime", regime, shots=shots) == 0
     (record,) = _records(tmp_path)
     assert record["status"] == "ok" and record["regime"] == regime
-    assert record["model"]["checkpoint"] == str(folders["gdino"]) and len(record["model"]["checkpoint_sha256"]) == 64
-    assert record["prompt"]["captions"] == ["apple. banana. cherry. lemon."]
-    assert record["config"]["model_config"]["backend"] == "grounding-dino"
+    assert record["model"]["checkpoint"] == str(folders[model]) and len(record["model"]["checkpoint_sha256"]) == 64
+    # Grounding DINO reads one caption; OWLv2 one query per category and prompt template (the authors' seven).
+    captions = ["apple. banana. cherry. lemon."] if model == "gdino" else query_texts(FRUIT)
+    assert record["prompt"]["captions"] == captions
+    assert record["config"]["model_config"]["backend"] == {"gdino": "grounding-dino", "owl": "owlv2"}[model]
     trainable = record["params"]["trainable"]
     assert (trainable == 0) == (regime == "zero-shot") and trainable < record["params"]["total"]
     assert record["metrics"]["AP"] is not None
@@ -108,6 +117,8 @@ def test_bad_models_are_one_line_exit_2_and_nothing_written(tmp_path, folders, c
 def test_model_names_resolve_without_weights():
     assert resolve_model("gdino-t").source == "IDEA-Research/grounding-dino-tiny"
     assert resolve_model("llmdet-t").backend == "grounding-dino" and resolve_model("GLIP_T").backend == "glip"
+    assert resolve_model("owlv2-b").source == "google/owlv2-base-patch16-ensemble"
+    assert not pretraining_includes_odinw("owlv2-l")
     assert pretraining_includes_odinw("gdino-b") and not pretraining_includes_odinw("gdino-t")
     with pytest.raises(UserError, match="unknown model"):
         resolve_model("owl")

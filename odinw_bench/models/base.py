@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 BACKENDS: dict[str, str] = {
     "glip": "odinw_bench.models.glip.backend:GLIPBackend",
     "grounding-dino": "odinw_bench.models.hf.grounding_dino:GroundingDinoBackend",
+    "owlv2": "odinw_bench.models.hf.owlv2:Owlv2Backend",
 }
 
 

@@ -3,8 +3,9 @@
 Three kinds of names reach ``run --model`` and ``sweep --models``:
 
 * GLIP presets (``glip-t``, ``glip-l``, ``glip-nano``, ...): the pure-PyTorch GLIP port;
-* Hugging Face presets (``gdino-t``, ``gdino-b``, ``mm-gdino-t``, ``llmdet-t``): a published checkpoint run by its
-  transformers class (:mod:`odinw_bench.models.hf.presets`);
+* Hugging Face presets (``gdino-t``, ``gdino-b``, ``mm-gdino-t``, ``llmdet-t``, ``owlv2-b``, ``owlv2-l``): a
+  published checkpoint run by its transformers class (:mod:`odinw_bench.models.hf.presets`,
+  :mod:`odinw_bench.models.hf.owl_presets`);
 * ``hf:<hub id or folder>``: any checkpoint of a supported transformers detector, e.g. a fine-tuned folder.
 
 Reading a name needs no weights: a preset is data, ``hf:`` reads only ``config.json`` (from the folder, or the
@@ -28,7 +29,7 @@ from odinw_bench.errors import UserError
 
 HF_PREFIX = "hf:"
 #: Config ``model_type`` -> the backend (``odinw_bench.models.base.BACKENDS`` key) that runs it.
-HF_MODEL_TYPES = {"grounding-dino": "grounding-dino", "mm-grounding-dino": "grounding-dino"}
+HF_MODEL_TYPES = {"grounding-dino": "grounding-dino", "mm-grounding-dino": "grounding-dino", "owlv2": "owlv2"}
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class ModelRef:
 
     Attributes:
         name: The name as given (the record's model name).
-        backend: The backend that runs it (``glip`` or ``grounding-dino``).
+        backend: The backend that runs it (``glip``, ``grounding-dino`` or ``owlv2``).
         source: Hugging Face models: the hub id or folder of the weights; None for GLIP.
         preset: Hugging Face presets: the preset's values (resolution, scoring, pre-training data, sources).
     """
@@ -53,10 +54,11 @@ class ModelRef:
 
 
 def hf_presets() -> dict[str, dict[str, Any]]:
-    """Every Hugging Face preset by name (built on call)."""
+    """Every Hugging Face preset by name (built on call): Grounding DINO family and OWLv2."""
+    from odinw_bench.models.hf.owl_presets import presets as owl_presets
     from odinw_bench.models.hf.presets import presets
 
-    return presets()
+    return {**presets(), **owl_presets()}
 
 
 def resolve_model(name: str, *, local_files_only: bool | None = None) -> ModelRef:
@@ -111,14 +113,20 @@ def pretraining_includes_odinw(name: str) -> bool:
 
 def load_hf_backend(ref: ModelRef, weights: str | Path) -> Any:
     """The backend of a Hugging Face model with the weights of ``weights`` (a local folder), set up as its preset
-    says (test resolution, scoring rule); an ``hf:`` model keeps the backend's defaults (800/1333, the authors'
-    top-300 span-mean scoring)."""
+    says (test resolution, prompt templates, scoring rule); an ``hf:`` model keeps the backend's defaults (the
+    authors' evaluation: Grounding DINO 800/1333 and top-300 span-mean scoring, OWLv2 its processor's square, the
+    7-template ensemble and top-300 scoring).
+
+    Each backend gets only the loading options its preset names: Grounding DINO presets a resize
+    (``shortest_edge``/``longest_edge``), OWLv2 presets their ``prompt_templates``.
+    """
     from odinw_bench.models.base import load_backend
 
     preset = ref.preset
-    backend = load_backend(ref.backend).from_pretrained(
-        weights, local_files_only=True, shortest_edge=preset.get("shortest_edge"),
-        longest_edge=preset.get("longest_edge"))
+    options: dict[str, Any] = {key: preset[key] for key in ("shortest_edge", "longest_edge") if key in preset}
+    if "prompt_templates" in preset:
+        options["templates"] = tuple(preset["prompt_templates"])
+    backend = load_backend(ref.backend).from_pretrained(weights, local_files_only=True, **options)
     if "score_rule" in preset:
         backend.configure_scoring(preset["score_rule"], topk=preset["topk"], threshold=preset["score_threshold"])
     return backend
