@@ -1,12 +1,12 @@
 """Forward and training-step time of the transformers backends at their presets' resolution, random weights.
 
 Usage:
-    python bench/bench_hf_backends.py                                 # gdino-t, mm-gdino-t; CPU; 1 image
+    python bench/bench_hf_backends.py                                 # gdino-t, mm-gdino-t, owlv2-b; CPU
     python bench/bench_hf_backends.py --presets gdino-t,gdino-b --device cuda --dtype bf16 --repeat 10
 
 Each preset's architecture is built from its transformers config class with random weights (the checkpoints
 need the network; timing needs none of their values) and its preset's test resolution (800/1333 for the
-Grounding DINO family). It times, per preset, as medians after a warm-up: the prediction of one 1333x800 image
+Grounding DINO family, 960x960 for OWLv2-B). It times, per preset, as medians after a warm-up: the prediction of one 1333x800 image
 (pre-processing excluded, post-processing included) with the Aquarium vocabulary, and a training step (losses,
 backward, AdamW) of a batch of ``--batch`` images under ``linear-probe`` and ``full`` as a run sets them up.
 Peak memory: CUDA ``max_memory_allocated``; CPU the process's peak RSS so far.
@@ -45,17 +45,37 @@ def _sync(device: str) -> None:
 
 
 def save_random(preset: dict, folder: Path) -> Path:
-    """The preset's architecture (its config class's defaults: Swin-T + BERT-base) with random weights, and a
-    processor with the shipped bert-base-uncased vocabulary, saved into ``folder``."""
+    """The preset's architecture with random weights, and its processor, saved into ``folder``.
+
+    Grounding DINO family: the config class's defaults (Swin-T + BERT-base) and the shipped bert-base-uncased
+    vocabulary. OWLv2: the base config (ViT-B/16; the large preset's vision tower is ViT-L/14 at 1008) and, as
+    CLIP's BPE files need the network, the tests' offline CLIP tokenizer: the token ids do not change the cost.
+    """
     import transformers
     from transformers.utils import logging as hf_logging
-
-    from odinw_bench.data.tokenizer import get_tokenizer
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
     model_cls = getattr(transformers, preset["model_class"])
     config_cls = getattr(transformers, preset["model_class"].replace("ForObjectDetection", "Config"))
+    if preset["model_type"] == "owlv2":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from hf_models import tiny_clip_tokenizer
+
+        config = config_cls(vision_config={"image_size": 960, "patch_size": 16})  # the defaults are OWL-ViT's 768
+        if preset["image_size"] != 960:  # ViT-L/14 at 1008
+            config = config_cls(vision_config={"hidden_size": 1024, "intermediate_size": 4096,
+                                               "num_hidden_layers": 24, "num_attention_heads": 16,
+                                               "image_size": 1008, "patch_size": 14},
+                                text_config={"hidden_size": 768, "intermediate_size": 3072,
+                                             "num_attention_heads": 12}, projection_dim=768)
+        model_cls(config).save_pretrained(folder)
+        size = preset["image_size"]
+        transformers.Owlv2Processor(image_processor=transformers.Owlv2ImageProcessor(
+            size={"height": size, "width": size}), tokenizer=tiny_clip_tokenizer()).save_pretrained(folder)
+        return folder
+    from odinw_bench.data.tokenizer import get_tokenizer
+
     model_cls(config_cls()).save_pretrained(folder)
     image_processor = transformers.GroundingDinoImageProcessor(
         size={"shortest_edge": preset["shortest_edge"], "longest_edge": preset["longest_edge"]})
@@ -116,7 +136,7 @@ def bench(name: str, device: str, dtype: str, batch: int, repeat: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", default="gdino-t,mm-gdino-t")
+    parser.add_argument("--presets", default="gdino-t,mm-gdino-t,owlv2-b")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--batch", type=int, default=1, help="images per training step")

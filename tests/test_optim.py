@@ -108,3 +108,24 @@ def test_grouped_adamw_equals_glip_one_group_per_parameter():
     for name, param in model.named_parameters():
         assert torch.equal(param.detach(), reference_params[name].detach()), name
         assert not torch.equal(param.detach(), clone[name]), name
+
+
+def test_the_language_lr_follows_the_backends_language_group():
+    """A backend whose text tower is not called language_backbone (Grounding DINO, OWLv2) still gets LANG_LR there."""
+    import torch
+
+    from odinw_bench.training.optim import parameter_settings
+
+    class Other(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text_backbone = torch.nn.Linear(2, 2)
+            self.head = torch.nn.Linear(2, 2)
+
+        def parameter_groups(self):
+            return {"language": ["text_backbone.weight", "text_backbone.bias"], "head": ["head.weight", "head.bias"]}
+
+    settings = parameter_settings(Other(), lr=1e-4, language_lr=1e-5, weight_decay=0.05)
+    assert settings["text_backbone.weight"] == ("language", 1e-5, 0.05)
+    assert settings["text_backbone.bias"] == ("language_bias", 2e-5, 0.0)
+    assert settings["head.weight"] == ("base", 1e-4, 0.05)

@@ -3,7 +3,8 @@
 GLIP builds one group per trainable parameter with:
 
 * lr = ``language_lr`` if the name contains ``"language_backbone"``, else ``lr`` (the head's own BERT-style
-  fusion layers do not match the substring and get ``lr``);
+  fusion layers do not match the substring and get ``lr``); a backend's ``language`` parameter group says the
+  same for any backend (GLIP's group is exactly those names; Grounding DINO's and OWLv2's text towers have others);
 * if the name contains ``"bias"`` -- a substring test, so ``relative_position_bias_table``, ``bias_lang`` and
   ``bias0`` match too -- lr x ``bias_lr_factor`` and weight decay ``weight_decay_bias``.
 
@@ -54,16 +55,27 @@ def parameter_settings(
         Parameter name -> ``(group name, lr, weight decay)``, in ``named_parameters`` order.
     """
     settings = {}
+    language = _language_names(model)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         group, group_lr, group_wd = "base", lr, weight_decay
-        if LANGUAGE_KEY in name:
+        if name in language if language is not None else LANGUAGE_KEY in name:
             group, group_lr = "language", language_lr
         if BIAS_KEY in name:
             group, group_lr, group_wd = f"{group}_bias", group_lr * bias_lr_factor, weight_decay_bias
         settings[name] = (group, group_lr, group_wd)
     return settings
+
+
+def _language_names(model: nn.Module) -> set[str] | None:
+    """The text model's parameters by the backend's ``language`` group (for GLIP the same as GLIP's substring rule;
+    other backends name their text towers differently); None for a module without groups."""
+    groups = getattr(model, "parameter_groups", None)
+    if groups is None:
+        return None
+    found = groups().get("language")
+    return set(found) if found is not None else None
 
 
 def build_param_groups(
