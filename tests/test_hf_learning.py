@@ -1,16 +1,19 @@
-"""A Grounding DINO backend learns: fine-tuning a tiny random MM Grounding DINO on three synthetic images of
-coloured squares raises its COCO AP on them from nothing, through the backend's own preprocess, losses and predict.
+"""The transformers backends learn: fine-tuning a tiny random MM Grounding DINO, or a tiny random OWLv2 with the
+OWL-ViT loss built here, on three synthetic images of coloured squares raises its COCO AP on them from nothing,
+through the backend's own preprocess, losses and predict.
 """
 
 from __future__ import annotations
 
 import random
 
+import pytest
 import torch
-from hf_models import save_tiny_grounding_dino
+from hf_models import save_tiny_grounding_dino, save_tiny_owlv2
 from PIL import Image, ImageDraw
 
 from odinw_bench.models.hf.grounding_dino import GroundingDinoBackend
+from odinw_bench.models.hf.owlv2 import Owlv2Backend
 from odinw_bench.results.evaluation import detections_to_coco, evaluate_detections
 from odinw_bench.training.regimes import (
     apply_regime,
@@ -38,7 +41,7 @@ def _scenes() -> tuple[list, list, dict]:
     return images, targets, gt
 
 
-def _ap(backend: GroundingDinoBackend, images: list, gt: dict) -> float:
+def _ap(backend, images: list, gt: dict) -> float:
     backend.eval()
     with torch.no_grad():
         detections = backend.predict(backend.preprocess(images))
@@ -48,11 +51,18 @@ def _ap(backend: GroundingDinoBackend, images: list, gt: dict) -> float:
     return evaluate_detections(gt, predictions).metrics["AP"]
 
 
-def test_fine_tuning_raises_ap_on_the_images_it_sees(tmp_path):
+def _backend(kind: str, folder):
+    if kind == "owlv2":
+        return Owlv2Backend.from_pretrained(save_tiny_owlv2(folder))
+    return GroundingDinoBackend.from_pretrained(save_tiny_grounding_dino(folder, kind))
+
+
+@pytest.mark.parametrize(("kind", "steps"), [("mm-grounding-dino", 250), ("owlv2", 200)])
+def test_fine_tuning_raises_ap_on_the_images_it_sees(tmp_path, kind, steps):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: one thread is fastest, and the steps are reproducible
     try:
-        backend = GroundingDinoBackend.from_pretrained(save_tiny_grounding_dino(tmp_path, "mm-grounding-dino"))
+        backend = _backend(kind, tmp_path)
         backend.set_vocabulary(NAMES)
         images, targets, gt = _scenes()
         before = _ap(backend, images, gt)
@@ -60,7 +70,7 @@ def test_fine_tuning_raises_ap_on_the_images_it_sees(tmp_path):
         apply_regime(backend, regime, freeze_conv_body_at=2)
         optimizer = torch.optim.AdamW([p for p in backend.parameters() if p.requires_grad], lr=1e-3)
         rng = random.Random(0)
-        for _ in range(250):
+        for _ in range(steps):
             backend.train()
             set_frozen_modules_eval(backend, regime, freeze_conv_body_at=2)
             loss = sum(backend.compute_losses(backend.preprocess(images, targets, train=True, rng=rng)).values())

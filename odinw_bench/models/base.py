@@ -94,6 +94,20 @@ class DetectorBackend(ABC):
     def predict(self, batch: DetectionBatch) -> list[Detections]:
         """Detections per image (no autograd), boxes in original-image pixels."""
 
+    def predict_images(self, images: Sequence[Image.Image], categories: Sequence[str] | None = None,
+                       prompt: PromptSpec | None = None) -> list[Detections]:
+        """Convenience: detections for PIL images (optionally setting the vocabulary first), one batch, in eval
+        mode (the module's mode is restored)."""
+        if categories is not None:
+            self.set_vocabulary(categories, prompt)
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            return self.predict(self.preprocess(images).to(device))
+        finally:
+            self.train(was_training)
+
     @abstractmethod
     def compute_losses(self, batch: DetectionBatch) -> dict[str, torch.Tensor]:
         """Training losses for a batch with targets; each value a scalar tensor."""
@@ -129,6 +143,21 @@ class DetectorBackend(ABC):
         ``linear-probe-cached`` regime); off restores the backend's own computation (default: unsupported)."""
         if on:
             raise UserError(f"backend '{self.name}' cannot cache its frozen features in training", field="--regime")
+
+
+def groups_by_prefix(module: Any, prefixes: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    """Parameter names of ``module`` by group, each in the first group one of whose prefixes it starts with.
+
+    Raises:
+        RuntimeError: A parameter no prefix covers (a backend's group table must cover the whole model).
+    """
+    groups: dict[str, list[str]] = {name: [] for name in prefixes}
+    for pname, _ in module.named_parameters():
+        group = next((g for g, starts in prefixes.items() if pname.startswith(starts)), None)
+        if group is None:
+            raise RuntimeError(f"parameter {pname} belongs to no group")
+        groups[group].append(pname)
+    return groups
 
 
 def load_backend(name: str) -> type:

@@ -20,7 +20,12 @@ import torch
 from torch import nn
 
 from odinw_bench.errors import UserError
-from odinw_bench.models.base import DetectionBatch, Detections, DetectorBackend
+from odinw_bench.models.base import (
+    DetectionBatch,
+    Detections,
+    DetectorBackend,
+    groups_by_prefix,
+)
 from odinw_bench.models.glip import preprocess
 from odinw_bench.models.glip.config import GLIPConfig, get_preset
 from odinw_bench.models.glip.model import GLIP
@@ -198,19 +203,6 @@ class GLIPBackend(nn.Module, DetectorBackend):
                                   labels=torch.cat([p["labels"] for p in parts])))
         return out
 
-    def predict_images(self, images: Sequence[Image.Image], categories: Sequence[str] | None = None,
-                       prompt: PromptSpec | None = None) -> list[Detections]:
-        """Convenience: detections for PIL images (optionally setting the vocabulary first), one batch."""
-        if categories is not None:
-            self.set_vocabulary(categories, prompt)
-        was_training = self.training
-        self.eval()
-        try:
-            device = next(self.parameters()).device
-            return self.predict(self.preprocess(images).to(device))
-        finally:
-            self.train(was_training)
-
     # ----------------------------------------------------------------------------------------------- train
     def compute_losses(self, batch: DetectionBatch) -> dict[str, torch.Tensor]:
         """GLIP's losses for a batch with targets; the caption holds every category (GLIP's training rule)."""
@@ -237,13 +229,7 @@ class GLIPBackend(nn.Module, DetectorBackend):
     # ----------------------------------------------------------------------------------------------- params
     def parameter_groups(self) -> dict[str, list[str]]:
         """Parameter names by group; ``head`` excludes the tower, every parameter is in exactly one group."""
-        groups: dict[str, list[str]] = {name: [] for name in GROUP_PREFIXES}
-        for pname, _ in self.named_parameters():
-            group = next((g for g, prefixes in GROUP_PREFIXES.items() if pname.startswith(prefixes)), None)
-            if group is None:
-                raise RuntimeError(f"parameter {pname} belongs to no group")
-            groups[group].append(pname)
-        return groups
+        return groups_by_prefix(self, GROUP_PREFIXES)
 
     @property
     def captions(self) -> list[str]:

@@ -23,9 +23,15 @@ import torch
 from torch import nn
 
 from odinw_bench.errors import UserError
-from odinw_bench.models.base import DetectionBatch, Detections, DetectorBackend
+from odinw_bench.models.base import (
+    DetectionBatch,
+    Detections,
+    DetectorBackend,
+    groups_by_prefix,
+)
 from odinw_bench.models.hf import scoring, supervision
 from odinw_bench.models.hf.captions import CaptionChunk, chunk_vocabulary
+from odinw_bench.models.hf.scoring import checked_scoring
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -145,12 +151,7 @@ class GroundingDinoBackend(nn.Module, DetectorBackend):
         Raises:
             UserError: For an unknown rule or a ``topk`` below 1.
         """
-        if rule not in scoring.SCORE_RULES:
-            raise UserError(f"unknown score rule '{rule}' (known: {', '.join(scoring.SCORE_RULES)})",
-                            field="score_rule")
-        if int(topk) < 1:
-            raise UserError(f"topk must be at least 1, got {topk}", field="topk")
-        self.score_rule, self.topk, self.score_threshold = rule, int(topk), float(threshold)
+        self.score_rule, self.topk, self.score_threshold = checked_scoring(rule, topk, threshold, scoring.SCORE_RULES)
 
     @property
     def max_text_len(self) -> int:
@@ -278,19 +279,6 @@ class GroundingDinoBackend(nn.Module, DetectorBackend):
                                                 clip=self.score_rule == "mean")
             yield Detections(boxes=pixels, scores=scores, labels=maps["labels"][local])
 
-    def predict_images(self, images: Sequence[Image.Image], categories: Sequence[str] | None = None,
-                       prompt: PromptSpec | None = None) -> list[Detections]:
-        """Convenience: detections for PIL images (optionally setting the vocabulary first), one batch."""
-        if categories is not None:
-            self.set_vocabulary(categories, prompt)
-        was_training = self.training
-        self.eval()
-        try:
-            device = next(self.parameters()).device
-            return self.predict(self.preprocess(images).to(device))
-        finally:
-            self.train(was_training)
-
     # ----------------------------------------------------------------------------------------------- train
     def training_outputs(self, batch: DetectionBatch) -> Any:
         """transformers' output with ``loss`` and ``loss_dict`` for a batch with targets.
@@ -331,13 +319,7 @@ class GroundingDinoBackend(nn.Module, DetectorBackend):
         Raises:
             RuntimeError: If a parameter falls in no group.
         """
-        groups: dict[str, list[str]] = {name: [] for name in GROUP_PREFIXES}
-        for pname, _ in self.named_parameters():
-            group = next((g for g, prefixes in GROUP_PREFIXES.items() if pname.startswith(prefixes)), None)
-            if group is None:
-                raise RuntimeError(f"parameter {pname} belongs to no group")
-            groups[group].append(pname)
-        return groups
+        return groups_by_prefix(self, GROUP_PREFIXES)
 
     def frozen_stage_names(self, freeze_at: int) -> list[str]:
         """Parameters of the Swin stem and first stages that GLIP's ``FREEZE_CONV_BODY_AT`` freezes.

@@ -17,10 +17,8 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from odinw_bench.errors import UserError
 from odinw_bench.models.hf.owl_queries import AUTHORS_TEMPLATES
 
 _SCENIC = "google-research/scenic scenic/projects/owl_vit/"
@@ -89,9 +87,6 @@ def get_preset(name: str) -> dict[str, Any]:
     Raises:
         UserError: For an unknown name, with the closest names.
     """
-    known = presets()
-    if name in known:
-        return known[name]
-    close = difflib.get_close_matches(name, known, n=2, cutoff=0.4)
-    hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-    raise UserError(f"unknown OWLv2 preset '{name}'{hint}; known: {', '.join(sorted(known))}", field="model")
+    from odinw_bench.models.hf.presets import pick_preset
+
+    return pick_preset(name, presets(), "OWLv2")

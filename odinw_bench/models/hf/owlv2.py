@@ -29,7 +29,12 @@ import torch
 from torch import nn
 
 from odinw_bench.errors import UserError
-from odinw_bench.models.base import DetectionBatch, Detections, DetectorBackend
+from odinw_bench.models.base import (
+    DetectionBatch,
+    Detections,
+    DetectorBackend,
+    groups_by_prefix,
+)
 from odinw_bench.models.hf import owl_scoring, supervision
 from odinw_bench.models.hf.owl_loss import LossWeights, set_prediction_loss
 from odinw_bench.models.hf.owl_queries import (
@@ -38,6 +43,7 @@ from odinw_bench.models.hf.owl_queries import (
     query_texts,
     tokenize_queries,
 )
+from odinw_bench.models.hf.scoring import checked_scoring
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -183,12 +189,7 @@ class Owlv2Backend(nn.Module, DetectorBackend):
         Raises:
             UserError: For an unknown rule or a ``topk`` below 1.
         """
-        if rule not in owl_scoring.SCORE_RULES:
-            raise UserError(f"unknown score rule '{rule}' (known: {', '.join(owl_scoring.SCORE_RULES)})",
-                            field="score_rule")
-        if int(topk) < 1:
-            raise UserError(f"topk must be at least 1, got {topk}", field="topk")
-        self.score_rule, self.topk, self.score_threshold = rule, int(topk), float(threshold)
+        self.score_rule, self.topk, self.score_threshold = checked_scoring(rule, topk, threshold, owl_scoring.SCORE_RULES)
 
     @property
     def image_size(self) -> int:
@@ -293,19 +294,6 @@ class Owlv2Backend(nn.Module, DetectorBackend):
             detections.append(Detections(boxes=picked[0], scores=picked[1], labels=picked[2]))
         return detections
 
-    def predict_images(self, images: Sequence[Image.Image], categories: Sequence[str] | None = None,
-                       prompt: PromptSpec | None = None) -> list[Detections]:
-        """Convenience: detections for PIL images (optionally setting the vocabulary first), one batch."""
-        if categories is not None:
-            self.set_vocabulary(categories, prompt)
-        was_training = self.training
-        self.eval()
-        try:
-            device = next(self.parameters()).device
-            return self.predict(self.preprocess(images).to(device))
-        finally:
-            self.train(was_training)
-
     # ----------------------------------------------------------------------------------------------- train
     def compute_losses(self, batch: DetectionBatch) -> dict[str, torch.Tensor]:
         """The OWL-ViT set-prediction loss (:mod:`odinw_bench.models.hf.owl_loss`): ``loss_class`` (sigmoid focal
@@ -330,13 +318,7 @@ class Owlv2Backend(nn.Module, DetectorBackend):
         Raises:
             RuntimeError: If a parameter falls in no group.
         """
-        groups: dict[str, list[str]] = {name: [] for name in GROUP_PREFIXES}
-        for pname, _ in self.named_parameters():
-            group = next((g for g, prefixes in GROUP_PREFIXES.items() if pname.startswith(prefixes)), None)
-            if group is None:
-                raise RuntimeError(f"parameter {pname} belongs to no group")
-            groups[group].append(pname)
-        return groups
+        return groups_by_prefix(self, GROUP_PREFIXES)
 
     def never_trained_names(self) -> list[str]:
         """The ``objectness`` and ``contrastive`` groups: the detection loss sends them no gradient."""

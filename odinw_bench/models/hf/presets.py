@@ -122,10 +122,13 @@ def get_preset(name: str) -> dict[str, Any]:
     Raises:
         UserError: For an unknown name, with the closest names.
     """
-    known = presets()
+    return pick_preset(name, presets(), "Grounding DINO")
+
+
+def pick_preset(name: str, known: dict[str, dict[str, Any]], family: str) -> dict[str, Any]:
+    """``known[name]``, or one clear error naming the closest of a family's presets."""
     if name in known:
         return known[name]
     close = difflib.get_close_matches(name, known, n=2, cutoff=0.4)
     hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-    raise UserError(f"unknown Grounding DINO preset '{name}'{hint}; known: {', '.join(sorted(known))}",
-                    field="model")
+    raise UserError(f"unknown {family} preset '{name}'{hint}; known: {', '.join(sorted(known))}", field="model")

@@ -18,6 +18,7 @@ Two rules, both per caption chunk:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,3 +95,18 @@ def to_original_pixels(boxes: torch.Tensor, resized: tuple[int, int], original: 
     pixels[:, 0::2] = pixels[:, 0::2].clamp(0, rw)
     pixels[:, 1::2] = pixels[:, 1::2].clamp(0, rh)
     return pixels * pixels.new_tensor([ow / rw, oh / rh, ow / rw, oh / rh])
+
+
+def checked_scoring(rule: str, topk: int, threshold: float, known: Sequence[str]) -> tuple[str, int, float]:
+    """``(rule, topk, threshold)`` of a backend's ``configure_scoring``, checked.
+
+    Raises:
+        UserError: For a rule not in ``known`` or a ``topk`` below 1.
+    """
+    from odinw_bench.errors import UserError
+
+    if rule not in known:
+        raise UserError(f"unknown score rule '{rule}' (known: {', '.join(known)})", field="score_rule")
+    if int(topk) < 1:
+        raise UserError(f"topk must be at least 1, got {topk}", field="topk")
+    return rule, int(topk), float(threshold)
