@@ -145,3 +145,13 @@ def test_a_hub_id_runs_offline_from_the_hugging_face_cache(tmp_path, folders, mo
     # Not in the cache and offline: one line naming the model, exit 2, nothing written.
     assert _run(tmp_path / "none", folders, "hf:tiny-org/absent", "--regime", "zero-shot", shots="0") == 2
     assert not (tmp_path / "none").exists()
+
+
+def test_a_preset_takes_a_fine_tuned_folder_as_its_checkpoint(tmp_path, folders):
+    """--checkpoint replaces a preset's hub weights with a save_pretrained folder; the preset's settings stay."""
+    assert _run(tmp_path, folders, "gdino-t", "--checkpoint", str(folders["gdino"]), "--regime", "zero-shot",
+                shots="0") == 0
+    (record,) = _records(tmp_path)
+    assert record["model"]["name"] == "gdino-t" and record["model"]["checkpoint"] == str(folders["gdino"])
+    assert record["config"]["model_config"]["preset"]["hub_id"] == "IDEA-Research/grounding-dino-tiny"
+    assert record["config"]["model_config"]["preset"]["shortest_edge"] == 800  # the authors' test size
