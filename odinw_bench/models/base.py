@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from odinw_bench.tasks.spec import PromptSpec
 
+#: The parameter group of LoRA adapters (``DetectorBackend.enable_lora``), and the mark peft puts in their names.
+LORA_GROUP = "lora"
+LORA_MARK = ".lora_"
+
 # Name -> "module:Class". Strings, so importing this module never imports a backend's dependencies.
 BACKENDS: dict[str, str] = {
     "glip": "odinw_bench.models.glip.backend:GLIPBackend",
@@ -138,6 +142,47 @@ class DetectorBackend(ABC):
         """Parameters no regime trains (GLIP: the dead ``cls_logits`` classifier). Default: none."""
         return []
 
+    def lora_targets(self, groups: Sequence[str]) -> list[str]:
+        """Names of the linear layers that LoRA adapts in ``groups``: the attention projections (a layer whose name
+        holds ``attn`` or ``attention``) all of whose parameters belong to those groups. Groups the backend does not
+        have are skipped."""
+        import torch
+
+        by_group = self.parameter_groups()
+        owned = {name for g in groups for name in by_group.get(g, [])}
+        targets = []
+        for name, layer in self.named_modules():
+            if not isinstance(layer, torch.nn.Linear) or not ("attn" in name or "attention" in name):
+                continue
+            params = [f"{name}.{p}" for p, _ in layer.named_parameters()]
+            if params and all(p in owned for p in params):
+                targets.append(name)
+        return targets
+
+    def enable_lora(self, groups: Sequence[str], rank: int, alpha: float, dropout: float = 0.0) -> list[str]:
+        """Add LoRA adapters (``peft``) to :meth:`lora_targets` of ``groups``; their parameters form the ``lora``
+        group. The adapted layers keep their weights (now ``<layer>.base_layer.*``), and ``lora_B`` starts at zero,
+        so the model predicts exactly as before until it trains.
+
+        Returns:
+            The adapted layers' names.
+
+        Raises:
+            UserError: If no layer of ``groups`` can be adapted, or adapters of another shape are already there.
+        """
+        from peft import LoraConfig, inject_adapter_in_model
+
+        existing = sorted({n.split(LORA_MARK)[0] for n, _ in self.named_parameters() if LORA_MARK in n})
+        if existing:  # one set of adapters per model: the same regime applied again keeps them
+            return existing
+        targets = self.lora_targets(groups)
+        if not targets:
+            raise UserError(f"backend '{self.name}' has no attention projection in groups {list(groups)} to adapt",
+                            field="--regime")
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets),
+                                self)
+        return targets
+
     def set_cached_tower(self, on: bool) -> None:
         """Compute the frozen part before the output layers per image and reuse it across epochs (the
         ``linear-probe-cached`` regime); off restores the backend's own computation (default: unsupported)."""
@@ -152,7 +197,11 @@ def groups_by_prefix(module: Any, prefixes: dict[str, tuple[str, ...]]) -> dict[
         RuntimeError: A parameter no prefix covers (a backend's group table must cover the whole model).
     """
     groups: dict[str, list[str]] = {name: [] for name in prefixes}
+    groups.setdefault(LORA_GROUP, [])
     for pname, _ in module.named_parameters():
+        if LORA_MARK in pname:  # adapters added by enable_lora, wherever they sit
+            groups[LORA_GROUP].append(pname)
+            continue
         group = next((g for g, starts in prefixes.items() if pname.startswith(starts)), None)
         if group is None:
             raise RuntimeError(f"parameter {pname} belongs to no group")

@@ -12,6 +12,9 @@ full        ``full``               everything but ``cls_logits`` and the stages 
 language    ``language_prompt_v1`` the BERT language backbone only
 ========== ===================== ==================================================================
 
+``lora`` / ``lora-language`` (not GLIP regimes) train only LoRA adapters added by ``peft`` to the attention
+projections of the language model and the fusion layers, or of the language model only.
+
 ``linear-probe-cached`` trains what ``linear-probe`` trains, faster and not quite as GLIP: its tower runs in eval
 mode (GLIP's ``linear_prob`` keeps the fusion's and BERT layers' dropout on) and each image alone, so the tower's
 output is computed once per (image, resize, flip) and reused in every later epoch. Its records list both
@@ -56,6 +59,9 @@ class Regime:
         cached_tower: Compute the frozen tower per image and reuse it across epochs
             (``DetectorBackend.set_cached_tower``).
         protocol_differences: How the regime departs from GLIP's (recorded with every result), empty if not.
+        lora_groups: Parameter groups whose attention projections get LoRA adapters (``DetectorBackend.enable_lora``,
+            through ``peft``); empty: no adapters.
+        lora_rank, lora_alpha: The adapters' rank and scaling numerator (LoRA's ``r`` and ``alpha``).
         lr: Learning-rate override of the recipe (GLIP's prompt tuning uses 0.05), or None.
         weight_decay: Weight-decay override (prompt tuning: 0.25), or None.
     """
@@ -69,6 +75,9 @@ class Regime:
     prompt_tuning: bool = False
     cached_tower: bool = False
     protocol_differences: tuple[str, ...] = ()
+    lora_groups: tuple[str, ...] = ()
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
     lr: float | None = None
     weight_decay: float | None = None
 
@@ -92,6 +101,16 @@ def regimes() -> dict[str, Regime]:
                prompt_tuning=True, lr=0.05, weight_decay=0.25),
         Regime("full", "full", fit=True, groups=everything),
         Regime("language", "language_prompt_v1", fit=True, groups=("language",), eval_groups=everything),
+        # Not GLIP regimes: LoRA adapters (rank 8, alpha 16, as in the LoRA paper's GPT-3 runs) on the attention
+        # projections of the text model and of the fusion (GLIP's tower, Grounding DINO's encoder/decoder).
+        Regime("lora", "none", fit=True, groups=("lora",), eval_groups=everything,
+               lora_groups=("language", "tower", "fusion"),
+               protocol_differences=("not in GLIP's protocol: LoRA adapters (rank 8, alpha 16) on the attention "
+                                     "projections of the language model and the fusion layers; nothing else trains",)),
+        Regime("lora-language", "none", fit=True, groups=("lora",), eval_groups=everything,
+               lora_groups=("language",),
+               protocol_differences=("not in GLIP's protocol: LoRA adapters (rank 8, alpha 16) on the attention "
+                                     "projections of the language model; nothing else trains",)),
     )}
 
 
@@ -127,6 +146,8 @@ def apply_regime(backend: nn.Module, regime: Regime, *, freeze_conv_body_at: int
     """
     if regime.prompt_tuning:
         backend.enable_prompt_tuning()
+    if regime.lora_groups:
+        backend.enable_lora(regime.lora_groups, regime.lora_rank, regime.lora_alpha)
     set_cached_tower = getattr(backend, "set_cached_tower", None)
     if set_cached_tower is not None:
         set_cached_tower(regime.cached_tower)
