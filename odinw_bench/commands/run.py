@@ -18,6 +18,7 @@ examples:
       --config glip_Swin_T_O365_GoldG.yaml optim.lr=2e-4 data.batch_size=2
   python -m odinw_bench run --task demo --shots 1 --model glip-micro           # offline, on built-in data
   python -m odinw_bench run --task aquarium --shots 1 --resume                 # continue an interrupted run
+  python -m odinw_bench run --task aquarium --shots 3 --regime prompt --search lr,wd    # lr / wd chosen on val
 
 Regimes: zero-shot, linear-probe, prompt (GLIP language_prompt_v2), full, language (GLIP language_prompt_v1), and
 linear-probe-cached: a linear probe whose tower runs in eval mode, per image, computed once and reused in every

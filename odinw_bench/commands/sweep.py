@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from odinw_bench.runs.arguments import seconds_value
+from odinw_bench.runs.arguments import positive_int, seconds_value
 
 HELP = "run a grid of runs (tasks x shots x seeds x regimes x models), skipping finished ones, locally or on SLURM"
 
@@ -36,7 +36,8 @@ RUN_OPTIONS = (
     ("--wandb", "wandb", True), ("--prompt", "prompt", True), ("--split", "split", True),
     ("--devices", "devices", True), ("--precision", "precision", True),
     ("--checkpoint-every", "checkpoint_every", True), ("--trust-checkpoint", "trust_checkpoint", False),
-    ("--no-feature-cache", "no_feature_cache", False),
+    ("--no-feature-cache", "no_feature_cache", False), ("--search", "search", True),
+    ("--search-epochs", "search_epochs", True),
 )
 
 
@@ -64,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--precision", default=None, help="Lightning precision of each run")
     run.add_argument("--checkpoint-every", type=seconds_value, default=None, metavar="SECONDS",
                      help="as `run --checkpoint-every`: how often a cell writes its resume checkpoint")
+    run.add_argument("--search", default=None, metavar="lr,wd",
+                     help="as `run --search`: search these on val before each cell's final run")
+    run.add_argument("--search-epochs", type=positive_int, default=None, metavar="N",
+                     help="as `run --search-epochs`: epochs of each search trial")
     run.add_argument("--no-feature-cache", action="store_true",
                      help="as `run --no-feature-cache`: compute frozen features at every pass")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for every cell")

@@ -32,6 +32,8 @@ from odinw_bench.results.schema import COCO_METRICS, SELECT_VAL_AP, validate_rec
 
 logger = logging.getLogger(__name__)
 
+#: Marks the regime of a run whose learning rate / weight decay were searched on val before it.
+SEARCHED_SUFFIX = "+search"
 #: Columns of the leaderboard CSV, in order. Metric values are fractions as in the record; empty = none.
 LEADERBOARD_COLUMNS = (
     "run_id", "status", "task", "task_version", "split", "prompt", "model", "checkpoint_sha256", "regime",
@@ -52,7 +54,8 @@ def leaderboard_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "prompt": record["prompt"]["variant"],
         "model": record["model"]["name"],
         "checkpoint_sha256": record["model"]["checkpoint_sha256"],
-        "regime": record["regime"],
+        # A searched run (run --search) is its own row of every table: its lr / weight decay were chosen on val.
+        "regime": record["regime"] + (SEARCHED_SUFFIX if record.get("search") else ""),
         "shots": record["shots"],
         "seed": record["seed"],
         "sampler": record["sample"]["sampler"],

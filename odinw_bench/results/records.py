@@ -111,6 +111,7 @@ def make_record(
     peak_gpu_memory_bytes: int | None = None,
     source: SourceInfo | None = None,
     protocol_differences: list[str] | None = None,
+    search: Mapping[str, Any] | None = None,
 ) -> RunRecord:
     """Assemble a record, filling in schema version, git state, environment and creation time.
 
@@ -144,6 +145,8 @@ def make_record(
     }
     if protocol_differences:
         record["protocol_differences"] = list(protocol_differences)
+    if search:
+        record["search"] = dict(search)
     return validate_record(to_plain(record))
 
 

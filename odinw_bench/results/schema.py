@@ -142,6 +142,8 @@ class RunRecord(TypedDict):
         peak_gpu_memory_bytes: Optional. Peak CUDA memory allocated during the run; None when CUDA was not used.
         source: Optional. :class:`SourceInfo` of a record scored from a predictions file; None for a run.
         protocol_differences: Optional. How the run's regime departs from GLIP's protocol (absent: it does not).
+        search: Optional. The learning-rate / weight-decay search before the run (``run --search``): its params,
+            epochs, grid, every trial (values, val AP, run id), the chosen values and their val AP.
     """
 
     __pydantic_config__ = _STRICT
@@ -169,6 +171,7 @@ class RunRecord(TypedDict):
     peak_gpu_memory_bytes: NotRequired[int | None]
     source: NotRequired[SourceInfo | None]
     protocol_differences: NotRequired[list[str]]
+    search: NotRequired[dict[str, Any]]
 
 
 # AP/AR metrics are fractions; a value above 1 almost always means someone stored percentages.

@@ -61,6 +61,17 @@ def seconds_value(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of one ``run`` (tasks, shots, seeds, regime, model, data, outputs, overrides)."""
     parser.add_argument("--task", required=True, help="task name, suite (runs each task), or task YAML path")
@@ -92,6 +103,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the resume checkpoint (last.ckpt) at the end of an epoch once this many seconds "
                         f"passed since the last one (default: {DEFAULT_CHECKPOINT_EVERY_S:g}; 0: every epoch). A "
                         "kill loses at most this much training")
+    parser.add_argument("--search", default=None, metavar="lr,wd",
+                        help="search these on the val split before the final run: lr x 1/0.01/0.1/10/100 and weight "
+                        "decay x 1/0 (wd), then lr x 10^-0.5 and 10^0.5 around the best; trials under "
+                        "<output>/search/")
+    parser.add_argument("--search-epochs", type=positive_int, default=4, metavar="N",
+                        help="epochs of each search trial (default: 4)")
     parser.add_argument("--no-feature-cache", action="store_true",
                         help="compute frozen features at every pass instead of reusing them (the same results, "
                         "slower; for runs short of host memory)")

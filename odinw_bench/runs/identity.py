@@ -174,6 +174,17 @@ def _hf_model_config(ref: ModelRef, weights: Path) -> dict:
     return {"backend": ref.backend, "preset": preset, "config": config}
 
 
+def _searched(resolved: dict, req: RunRequest) -> dict:
+    """The resolved config as a searched run's id sees it: the searched values are what the search finds, so the
+    id names the search instead (the same id before and after it)."""
+    if not req.search:
+        return resolved
+    from odinw_bench.runs.search import SEARCHABLE
+
+    optim = {**resolved["optim"], **{SEARCHABLE[name]: "searched" for name in req.search}}
+    return {**resolved, "optim": optim}
+
+
 def identity_seed(req: RunRequest) -> int:
     """The seed a request's run id depends on: its own for a run that trains, :data:`SEEDLESS` for zero-shot."""
     return req.seed if req.regime.fit else SEEDLESS
@@ -193,8 +204,12 @@ def run_identity(req: RunRequest, *, fetch: bool = True) -> RunIdentity:
     model_info = {"name": req.model_name, "checkpoint": str(ckpt) if ckpt else None,
                   "checkpoint_sha256": checkpoint_sha256(ckpt) if ckpt else None}
     resolved = req.config.resolved_for(req.regime, req.shots)
-    identity = {"resolved": resolved, "prompt": req.prompt_variant or "default", "split": req.split,
+    identity = {"resolved": _searched(resolved, req), "prompt": req.prompt_variant or "default", "split": req.split,
                 "model_config": config.to_dict() if config is not None else _hf_model_config(ref, ckpt)}
+    if req.search:
+        from odinw_bench.runs.search import search_identity
+
+        identity["search"] = search_identity(req)
     run_id = make_run_id(req.task.name, req.task.version, model_info["name"], model_info["checkpoint_sha256"],
                          req.regime.name, req.shots, identity_seed(req), identity)
     return RunIdentity(run_id, model_info, resolved, identity)

@@ -51,6 +51,10 @@ class RunRequest:
     progress: bool = True
     checkpoint_every_s: float = 60.0
     feature_cache: bool = True
+    search: tuple[str, ...] = ()
+    search_epochs: int = 4
+    # Set by odinw_bench.runs.search once the trials have run: the trials and the values the final run uses.
+    search_result: dict | None = None
 
     @property
     def model_name(self) -> str:
@@ -70,6 +74,7 @@ def requests_from_args(args: argparse.Namespace, *, check_data: bool = True) -> 
         UserError: For the first bad argument, or missing data (naming the command that gets it).
     """
     from odinw_bench.data.task_files import prepare_data_root, require_split_files
+    from odinw_bench.runs.search import parse_search
     from odinw_bench.tasks.registry import resolve_tasks
     from odinw_bench.training.regimes import get_regime
 
@@ -79,6 +84,9 @@ def requests_from_args(args: argparse.Namespace, *, check_data: bool = True) -> 
     regime = get_regime(args.regime or ("zero-shot" if args.shots == 0 else "full"))
     if args.shots == 0 and regime.fit:
         raise UserError(f"--shots 0 is zero-shot: regime '{regime.name}' needs training data", field="--regime")
+    search = parse_search(args.search)
+    if search and not regime.fit:
+        raise UserError(f"regime '{regime.name}' does not train: there is nothing to search", field="--search")
     seeds = list(args.seed) if regime.fit else list(args.seed)[:1]
     if len(seeds) < len(args.seed):
         logger.info("zero-shot does not depend on the seed: one run (seed %s) stands for %s", seeds[0], args.seed)
@@ -101,7 +109,8 @@ def requests_from_args(args: argparse.Namespace, *, check_data: bool = True) -> 
                 official_config=Path(args.config) if args.config else None,
                 trust_checkpoint=args.trust_checkpoint, data_root=data_root, output=Path(args.output),
                 split=split, config=config, resume=args.resume, progress=not args.no_progress,
-                checkpoint_every_s=args.checkpoint_every, feature_cache=not args.no_feature_cache))
+                checkpoint_every_s=args.checkpoint_every, feature_cache=not args.no_feature_cache,
+                search=search, search_epochs=args.search_epochs))
     return requests
 
 

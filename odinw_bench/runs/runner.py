@@ -69,6 +69,10 @@ def run_request(req: RunRequest, cache: RunCache | None = None) -> RunOutcome:
     """
     import pytorch_lightning as pl
 
+    if req.search and req.search_result is None:  # the trials first; their records are reused by a rerun
+        from odinw_bench.runs.search import search_hyperparameters
+
+        req = search_hyperparameters(req, cache)
     started = time.time()
     _prepare_monitoring()
     ident = run_identity(req)
@@ -250,7 +254,8 @@ def _make_record(req, ctx, dm, backend, metrics, params, timings, fit_info, erro
             "val_ids_hash": None, "val_count": None, "shortfall": {}},
         model=ctx["model"], config=config, metrics=metrics, params=params,
         duration_s=time.time() - ctx["started"], timings=timings, error=error, history=fit_info.get("history"),
-        peak_gpu_memory_bytes=peak_gpu_memory_bytes(), protocol_differences=list(req.regime.protocol_differences))
+        peak_gpu_memory_bytes=peak_gpu_memory_bytes(), protocol_differences=list(req.regime.protocol_differences),
+        search=req.search_result)
 
 
 def _write_failure(req: RunRequest, ctx: dict, err: BaseException) -> None:
