@@ -46,6 +46,7 @@ def test_the_search_beats_a_bad_default_and_the_final_run_uses_it(searched):
     trials = _records(next((searched / "out" / "search").iterdir()))
     assert {t["run_id"] for t in trials} == {t["run_id"] for t in search["trials"]}
     assert all(t["config"]["resolved"]["schedule"]["max_epochs"] == 2 for t in trials)
+    assert not list((searched / "out" / "search").rglob("*.ckpt"))  # trials keep their records, not their weights
     with open(searched / "out" / "leaderboard.csv", newline="") as handle:
         (row,) = list(csv.DictReader(handle))  # the trials are not in the main leaderboard
     assert row["regime"] == "prompt+search" and row["run_id"] == record["run_id"]

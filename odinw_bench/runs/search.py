@@ -7,7 +7,8 @@ GLIP's paper fixes them. The search here is small and documented:
    lr x {1, 0.01, 0.1, 10, 100} (four decades) and, with ``wd``, weight decay x {1, 0} (0: no decay);
 2. a refinement around the best lr: best x 10^-0.5 and best x 10^0.5 (with the best weight decay);
 3. every trial is an ordinary run of ``--search-epochs`` epochs under ``<output>/search/<run id>/`` (its own
-   records and leaderboard, never the main one), scored by its best **val** AP (``select/val_AP``), never test;
+   records and leaderboard, never the main one; its checkpoints are deleted once its record is written), scored
+   by its best **val** AP (``select/val_AP``), never test;
 4. the final run uses the best values (the first trial wins ties, so the recipe's values win a tie) and records
    every trial, the chosen values and their val AP under ``search``.
 
@@ -26,6 +27,7 @@ import copy
 import dataclasses
 import logging
 import math
+import shutil
 from typing import TYPE_CHECKING, Any
 
 from odinw_bench.errors import UserError
@@ -95,7 +97,10 @@ def _run_trial(trial: RunRequest, cache: RunCache | None) -> dict[str, Any]:
         record = read_record(path)
         if record["status"] == "ok":
             return record
-    return run_request(trial, cache=cache).record
+    record = run_request(trial, cache=cache).record
+    # A trial is kept as its record: its weights (model_best.ckpt, as large as the model) have no use left.
+    shutil.rmtree(trial.output / "checkpoints" / record["run_id"], ignore_errors=True)
+    return record
 
 
 def search_hyperparameters(req: RunRequest, cache: RunCache | None = None) -> RunRequest:
