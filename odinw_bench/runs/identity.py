@@ -179,7 +179,7 @@ def _searched(resolved: dict, req: RunRequest) -> dict:
     id names the search instead (the same id before and after it)."""
     if not req.search:
         return resolved
-    from odinw_bench.runs.search import SEARCHABLE
+    from odinw_bench.runs.search_spec import SEARCHABLE
 
     optim = {**resolved["optim"], **{SEARCHABLE[name]: "searched" for name in req.search}}
     return {**resolved, "optim": optim}
@@ -207,7 +207,7 @@ def run_identity(req: RunRequest, *, fetch: bool = True) -> RunIdentity:
     identity = {"resolved": _searched(resolved, req), "prompt": req.prompt_variant or "default", "split": req.split,
                 "model_config": config.to_dict() if config is not None else _hf_model_config(ref, ckpt)}
     if req.search:
-        from odinw_bench.runs.search import search_identity
+        from odinw_bench.runs.search_spec import search_identity
 
         identity["search"] = search_identity(req)
     run_id = make_run_id(req.task.name, req.task.version, model_info["name"], model_info["checkpoint_sha256"],

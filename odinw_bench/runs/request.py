@@ -74,7 +74,7 @@ def requests_from_args(args: argparse.Namespace, *, check_data: bool = True) -> 
         UserError: For the first bad argument, or missing data (naming the command that gets it).
     """
     from odinw_bench.data.task_files import prepare_data_root, require_split_files
-    from odinw_bench.runs.search import parse_search
+    from odinw_bench.runs.search_spec import parse_search
     from odinw_bench.tasks.registry import resolve_tasks
     from odinw_bench.training.regimes import get_regime
 

@@ -72,7 +72,7 @@ def run_request(req: RunRequest, cache: RunCache | None = None) -> RunOutcome:
     if req.search and req.search_result is None:  # the trials first; their records are reused by a rerun
         from odinw_bench.runs.search import search_hyperparameters
 
-        req = search_hyperparameters(req, cache)
+        req = search_hyperparameters(req, cache, run_request)
     started = time.time()
     _prepare_monitoring()
     ident = run_identity(req)

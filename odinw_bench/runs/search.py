@@ -17,7 +17,7 @@ before searching, and a rerun after a kill reuses every trial whose record exist
 
 Example::
 
-    final = search_hyperparameters(request, cache)      # runs the trials
+    final = search_hyperparameters(request, cache, run_request)      # runs the trials
     run_request(final, cache)                           # the final run, with final.search_result in its record
 """
 
@@ -31,38 +31,19 @@ import shutil
 from typing import TYPE_CHECKING, Any
 
 from odinw_bench.errors import UserError
+from odinw_bench.runs.search_spec import GRID, search_identity
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     from odinw_bench.runs.cache import RunCache
-    from odinw_bench.runs.request import RunRequest
     from odinw_bench.training.run_config import RunConfig
 
+#: A run request (``odinw_bench.runs.request.RunRequest``), not imported: that module imports the search spec,
+#: and importing it back here would close an import cycle.
+RunRequest = Any
+
 logger = logging.getLogger(__name__)
-
-#: What ``--search`` accepts, and the config key each name stands for.
-SEARCHABLE = {"lr": "lr", "wd": "weight_decay"}
-#: The grid, as data (recorded in a searched run's identity).
-GRID = {"lr_factors": (1.0, 0.01, 0.1, 10.0, 100.0), "wd_factors": (1.0, 0.0), "refine_exponents": (-0.5, 0.5)}
-DEFAULT_SEARCH_EPOCHS = 4
-
-
-def parse_search(text: str | None) -> tuple[str, ...]:
-    """``"lr,wd"`` -> ``("lr", "wd")``; empty or None -> ``()``.
-
-    Raises:
-        UserError: For a name that is not searchable.
-    """
-    names = tuple(dict.fromkeys(n.strip() for n in (text or "").split(",") if n.strip()))
-    unknown = [n for n in names if n not in SEARCHABLE]
-    if unknown:
-        raise UserError(f"cannot search {', '.join(unknown)} (searchable: {', '.join(SEARCHABLE)})", field="--search")
-    return names
-
-
-def search_identity(req: RunRequest) -> dict[str, Any]:
-    """What a searched run's id says about its search (the values it finds are in its record, not its id)."""
-    return {"params": list(req.search), "epochs": req.search_epochs, "grid": GRID}
-
 
 def with_values(config: RunConfig, **values: Any) -> RunConfig:
     """A copy of ``config`` with dotted ``section__key`` values set as if the user had given them."""
@@ -85,11 +66,10 @@ def _trial(req: RunRequest, lr: float, wd: float) -> RunRequest:
                                progress=False, resume=False)
 
 
-def _run_trial(trial: RunRequest, cache: RunCache | None) -> dict[str, Any]:
+def _run_trial(trial: RunRequest, cache: RunCache | None, run: Callable) -> dict[str, Any]:
     """The trial's record: the existing one (a rerun after a kill), else a new run."""
     from odinw_bench.results.records import read_record
     from odinw_bench.runs.identity import run_identity
-    from odinw_bench.runs.runner import run_request
 
     run_id = run_identity(trial).run_id
     found = [p for p in trial.output.glob(f"runs/*/*/*/*_{run_id}.json")]
@@ -97,14 +77,19 @@ def _run_trial(trial: RunRequest, cache: RunCache | None) -> dict[str, Any]:
         record = read_record(path)
         if record["status"] == "ok":
             return record
-    record = run_request(trial, cache=cache).record
+    record = run(trial, cache=cache).record
     # A trial is kept as its record: its weights (model_best.ckpt, as large as the model) have no use left.
     shutil.rmtree(trial.output / "checkpoints" / record["run_id"], ignore_errors=True)
     return record
 
 
-def search_hyperparameters(req: RunRequest, cache: RunCache | None = None) -> RunRequest:
+def search_hyperparameters(req: RunRequest, cache: RunCache | None, run: Callable) -> RunRequest:
     """Run the trials of ``req``'s search and return the final request (best values, ``search_result`` set).
+
+    Args:
+        req: The searched request.
+        cache: The process's run cache (trials share its features and splits).
+        run: Runs one request and returns its outcome (``odinw_bench.runs.runner.run_request``).
 
     Raises:
         UserError: For a regime that does not train (nothing to search).
@@ -115,11 +100,11 @@ def search_hyperparameters(req: RunRequest, cache: RunCache | None = None) -> Ru
     lrs = [base["lr"] * f for f in GRID["lr_factors"]] if "lr" in req.search else [base["lr"]]
     wds = [base["weight_decay"] * f for f in GRID["wd_factors"]] if "wd" in req.search else [base["weight_decay"]]
     grid = [(lr, wd) for lr in lrs for wd in dict.fromkeys(wds)]
-    trials = [_score(req, lr, wd, cache) for lr, wd in grid]
+    trials = [_score(req, lr, wd, cache, run) for lr, wd in grid]
     if "lr" in req.search:
         best = _best(trials)
         for exponent in GRID["refine_exponents"]:
-            trials.append(_score(req, best["lr"] * math.pow(10.0, exponent), best["weight_decay"], cache))
+            trials.append(_score(req, best["lr"] * math.pow(10.0, exponent), best["weight_decay"], cache, run))
     best = _best(trials)
     logger.info("search of %s: lr %.3g, weight decay %.3g (val AP %.4f over %d trials)", req.task.name,
                 best["lr"], best["weight_decay"], best["val_AP"], len(trials))
@@ -129,10 +114,10 @@ def search_hyperparameters(req: RunRequest, cache: RunCache | None = None) -> Ru
     return dataclasses.replace(req, config=config, search_result=result)
 
 
-def _score(req: RunRequest, lr: float, wd: float, cache: RunCache | None) -> dict[str, Any]:
+def _score(req: RunRequest, lr: float, wd: float, cache: RunCache | None, run: Callable) -> dict[str, Any]:
     from odinw_bench.results.schema import SELECT_VAL_AP
 
-    record = _run_trial(_trial(req, lr, wd), cache)
+    record = _run_trial(_trial(req, lr, wd), cache, run)
     value = record["metrics"].get(SELECT_VAL_AP)
     return {"lr": lr, "weight_decay": wd, "val_AP": value, "run_id": record["run_id"]}
 
