@@ -23,7 +23,8 @@ examples:
 Regimes: zero-shot, linear-probe, prompt (GLIP language_prompt_v2), full, language (GLIP language_prompt_v1), and
 linear-probe-cached: a linear probe whose tower runs in eval mode, per image, computed once and reused in every
 epoch (faster; its records list these protocol differences); lora and lora-language: LoRA adapters (peft, rank 8)
-on the attention projections of the language model and the fusion, or of the language model only.
+on the attention projections of the language model and the fusion, or of the language model only; deep-prompt:
+8 learnable text tokens prepended at every fusion layer (VPT-deep style), nothing else trains.
 Trailing key=value pairs override the recipe (configs/glip_odinw.yaml), e.g. schedule.max_epochs=20.
 Writes <output>/runs/<task>/<model>/<regime>/k<shots>_s<seed>_<id>.json (+ _predictions.json) and a row of
 <output>/leaderboard.csv; fine-tuning checkpoints go to <output>/checkpoints/<id>/.

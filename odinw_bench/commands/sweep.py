@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--shots", default="0,1,3,5,10,all", help="comma list (default: 0,1,3,5,10,all)")
     grid.add_argument("--seeds", default="3,30,300", help="comma list (default: GLIP's 3,30,300)")
     grid.add_argument("--regimes", default="full", help="comma list of linear-probe, linear-probe-cached, "
-                      "prompt, full, language, lora, lora-language (default: full); shots 0 always runs zero-shot")
+                      "prompt, deep-prompt, full, language, lora, lora-language (default: full); shots 0 always "
+                      "runs zero-shot")
     grid.add_argument("--models", default=None, help="comma list of presets (default: glip-t)")
     grid.add_argument("--config", default=None, help="official GLIP YAML config (instead of --models)")
     run = parser.add_argument_group("run options (passed to every cell)")

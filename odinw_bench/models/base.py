@@ -133,6 +133,11 @@ class DetectorBackend(ABC):
         """Add the backend's prompt-tuning parameters (default: unsupported)."""
         raise UserError(f"backend '{self.name}' does not support prompt tuning")
 
+    def enable_deep_prompts(self, tokens: int) -> None:
+        """Add ``tokens`` learnable text tokens at every fusion layer, in the ``deep_prompt`` parameter group
+        (default: unsupported)."""
+        raise UserError(f"backend '{self.name}' does not support deep prompts", field="--regime")
+
     def frozen_stage_names(self, freeze_at: int) -> list[str]:
         """Parameters of the image backbone's stem and first stages that GLIP's ``FREEZE_CONV_BODY_AT`` freezes
         in every regime (2: the stem and stage 1; -1: none). Default: none."""

@@ -47,7 +47,8 @@ ROW_KEYS = ("model", "regime", "shots")
 PROTOCOL_KEYS = ("task_version", "split", "prompt", "checkpoint_sha256")
 GROUP_KEYS = (*ROW_KEYS, "task", *PROTOCOL_KEYS)
 ZERO_SHOT = "zero-shot"
-REGIME_ORDER = (ZERO_SHOT, "linear-probe", "linear-probe-cached", "prompt", "lora-language", "lora", "language", "full")
+REGIME_ORDER = (ZERO_SHOT, "linear-probe", "linear-probe-cached", "prompt", "deep-prompt", "lora-language", "lora",
+                "language", "full")
 # Zero-shot runs of one cell whose values differ by more than this (AP points) are named in the notes.
 _ZERO_SHOT_SPREAD = 1e-6
 

@@ -40,8 +40,8 @@ _PANEL_COLUMNS = 4
 #: Colour of each regime (matplotlib's colour-blind-safe tab10 entries); others get the spare ones in order.
 REGIME_COLORS = {ZERO_SHOT: "tab:gray", "linear-probe": "tab:green", "linear-probe-cached": "tab:olive",
                  "prompt": "tab:orange", "language": "tab:purple", "lora": "tab:red", "lora-language": "tab:pink",
-                 "full": "tab:blue"}  # fmt: skip
-_SPARE_COLORS = ("tab:brown", "tab:cyan")
+                 "deep-prompt": "tab:cyan", "full": "tab:blue"}  # fmt: skip
+_SPARE_COLORS = ("tab:brown",)
 #: (line style, marker) of the 1st, 2nd, ... model.
 MODEL_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 3)), "P"))
 

@@ -80,7 +80,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, nargs="+", default=[3], help="seed(s) of sampling and training "
                         "(default: 3; GLIP uses 3 30 300)")
     parser.add_argument("--regime", default=None, help="zero-shot, linear-probe, linear-probe-cached, prompt, "
-                        "full, language, lora or lora-language (default: full, or zero-shot when --shots 0)")
+                        "deep-prompt, full, language, lora or lora-language (default: full, or zero-shot when "
+                        "--shots 0)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None, help="preset: glip-t (default), glip-t-a/b/c, glip-l, glip-nano "
                        "(pre-trained here, shipped), glip-micro (random weights)")

@@ -53,6 +53,7 @@ GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
     "scales": ("model.rpn.head.scales.",),
     "head": ("model.rpn.head.",),
     "prompt": ("model.rpn.tunable_linear.",),
+    "deep_prompt": ("model.rpn.deep_prompts.",),
 }
 # Never trained: the dead classifier of the dot-product head (GLIP freezes it in every regime).
 NEVER_TRAINED_PREFIXES = ("model.rpn.head.cls_logits.",)
@@ -96,6 +97,8 @@ class GLIPBackend(nn.Module, DetectorBackend):
 
         if "rpn.tunable_linear.weight" in state:  # a prompt-tuned checkpoint: GLIP built with ADD_LINEAR_LAYER
             self.enable_prompt_tuning()
+        if "rpn.deep_prompts.weight" in state:  # a deep-prompt-tuned checkpoint of this harness
+            self.enable_deep_prompts(int(state["rpn.deep_prompts.weight"].shape[1]))
         report = load_glip_state_dict(self.model, state, strict=strict, source=source)
         self.checkpoint = str(source)
         return report
@@ -253,6 +256,14 @@ class GLIPBackend(nn.Module, DetectorBackend):
     def enable_prompt_tuning(self) -> None:
         """Add GLIP's zero-initialised prompt offset (``rpn.tunable_linear``)."""
         self.model.rpn.add_tunable_linear()
+
+    def enable_deep_prompts(self, tokens: int) -> None:
+        """Add ``tokens`` learnable text tokens per fusion step (``rpn.deep_prompts``; see
+        :class:`odinw_bench.models.glip.fusion.DeepPrompts`)."""
+        try:
+            self.model.rpn.add_deep_prompts(tokens)
+        except ValueError as err:
+            raise UserError(f"backend '{self.name}': {err}", field="--regime") from err
 
     def set_cached_tower(self, on: bool) -> None:
         """Run each image through the frozen tower alone, so its output is cached across epochs (see

@@ -14,6 +14,9 @@ official GLIP code, parameter names included. Every numerical quirk of the offic
 Tower modules exchange a dict ``{"visual": [(B, C, H_l, W_l)] * levels, "lang": {"hidden", "masks", ...}}``.
 They return a new dict and a new ``lang`` dict rather than mutating the caller's (GLIP mutates in place; the
 values are the same).
+
+Deep prompts (the ``deep-prompt`` regime, not GLIP's) are learnable tokens a fusion step prepends to the text:
+``lang["deep_prompts"]`` holds one (P, D) tensor per remaining fusion step, and each ``VLFuse`` takes the first.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from torch.utils.checkpoint import checkpoint
 CLAMP = 50000.0
 #: Additive value for padded text tokens in the text→image softmax (valid tokens get their mask value, 1).
 MASKED_FILL = -9e15
+#: The ``lang`` key of the deep prompts still to be used by the tower's fusion steps.
+DEEP_PROMPTS = "deep_prompts"
 
 
 class BiMultiHeadAttention(nn.Module):
@@ -227,14 +232,50 @@ class VLFuse(nn.Module):
         )
 
     def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """``{"visual": [(B,C,Hl,Wl)], "lang": {"hidden": (B,L,D), "masks": (B,L), ...}}`` → fused copy."""
+        """``{"visual": [(B,C,Hl,Wl)], "lang": {"hidden": (B,L,D), "masks": (B,L), ...}}`` → fused copy.
+
+        With deep prompts (``lang["deep_prompts"]``, a sequence of (P, D) tensors) the first is prepended to the
+        text as P always-valid tokens: the image attends to them, and their own update is dropped, so the text
+        leaving the step keeps its L tokens and the later steps get the remaining prompts.
+        """
         tokens, sizes = flatten_levels(inputs["visual"])
         lang = inputs["lang"]
+        hidden, masks, prompts = lang["hidden"], lang["masks"], lang.get(DEEP_PROMPTS, ())
+        if len(prompts):
+            prompt = prompts[0].to(hidden.dtype).expand(hidden.shape[0], -1, -1)  # (B, P, D)
+            hidden = torch.cat([prompt, hidden], dim=1)
+            masks = torch.cat([masks.new_ones(prompt.shape[:2]), masks], dim=1)
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            new_v, new_l = checkpoint(self.b_attn, tokens, lang["hidden"], lang["masks"], use_reentrant=False)
+            new_v, new_l = checkpoint(self.b_attn, tokens, hidden, masks, use_reentrant=False)
         else:
-            new_v, new_l = self.b_attn(tokens, lang["hidden"], lang["masks"])
+            new_v, new_l = self.b_attn(tokens, hidden, masks)
+        if len(prompts):
+            new_l = new_l[:, prompts[0].shape[0]:]
+            lang = {**lang, DEEP_PROMPTS: prompts[1:]}
         return {"visual": split_levels(new_v, sizes), "lang": {**lang, "hidden": new_l}}
+
+
+class DeepPrompts(nn.Module):
+    """Learnable text tokens for each fusion step of the tower (the ``deep-prompt`` regime; not in GLIP).
+
+    In the manner of VPT-deep (Jia et al., 2022): every fusion step gets its own P tokens, prepended to the text
+    the image attends to (see :meth:`VLFuse.forward`). They start as BERT initialises embeddings (normal, std
+    0.02); the fusion layer-normalises them like any text token. The ``weight`` is (steps, P, D).
+
+    Args:
+        steps: Fusion steps of the tower.
+        tokens: Tokens per step (P).
+        dim: Text feature size (D).
+    """
+
+    def __init__(self, steps: int, tokens: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(steps, tokens, dim))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self) -> tuple[torch.Tensor, ...]:
+        """One (P, D) tensor per fusion step, in tower order."""
+        return tuple(self.weight.unbind(0))
 
 
 class _BertSelfAttention(nn.Module):

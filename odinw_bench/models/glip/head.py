@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from odinw_bench.models.glip.dyconv import DyConv
-from odinw_bench.models.glip.fusion import CLAMP, BertEncoderLayer, VLFuse
+from odinw_bench.models.glip.fusion import CLAMP, DEEP_PROMPTS, BertEncoderLayer, VLFuse
 
 logger = logging.getLogger(__name__)
 
@@ -160,21 +160,31 @@ class VLDyHead(nn.Module):
         state = self.run_tower(features, lang, record)
         return self.outputs(state, lang, record)
 
+    @property
+    def fusion_steps(self) -> int:
+        """The tower's VLFuse steps (0 without early fusion)."""
+        return sum(isinstance(m, VLFuse) for m in self.dyhead_tower)
+
     def run_tower(self, features: Sequence[torch.Tensor], lang: dict[str, torch.Tensor],
-                  record: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+                  record: dict[str, torch.Tensor] | None = None,
+                  deep_prompts: Sequence[torch.Tensor] = ()) -> dict[str, Any]:
         """The fusion/DyConv tower alone: ``{"visual": [(B, C, H_l, W_l)], "lang": {...}}`` after its last block.
 
         Args:
             features, lang: As :meth:`forward`.
             record: Filled with the tower's intermediate tensors when given (see ``return_intermediates``).
+            deep_prompts: One (P, D) tensor per fusion step (the ``deep-prompt`` regime), or none.
         """
         if len(features) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} feature levels, got {len(features)}")
-        state: dict[str, Any] = {"visual": list(features), "lang": dict(lang)}
+        if len(deep_prompts) not in (0, self.fusion_steps):
+            raise ValueError(f"{len(deep_prompts)} deep prompts for a tower of {self.fusion_steps} fusion steps")
+        state: dict[str, Any] = {"visual": list(features), "lang": {**lang, DEEP_PROMPTS: tuple(deep_prompts)}}
         for index, module in enumerate(self.dyhead_tower):
             state = module(state)
             if record is not None:
                 _record_tower_output(record, index, module, state)
+        state["lang"] = {k: v for k, v in state["lang"].items() if k != DEEP_PROMPTS}
         return state
 
     def outputs(self, state: dict[str, Any], lang: dict[str, torch.Tensor],

@@ -27,6 +27,7 @@ from odinw_bench.models.glip.anchors import AnchorGenerator
 from odinw_bench.models.glip.config import GLIPConfig
 from odinw_bench.models.glip.feature_cache import FeatureCache, is_frozen, tensor_digest
 from odinw_bench.models.glip.fpn import FPN
+from odinw_bench.models.glip.fusion import DeepPrompts
 from odinw_bench.models.glip.head import VLDyHead
 from odinw_bench.models.glip.language import BertEncoder
 from odinw_bench.models.glip.loss import ATSSLoss
@@ -115,6 +116,28 @@ class VLDyHeadModule(nn.Module):
             self.tunable_linear = nn.Linear(self.lang_dim, TUNABLE_LINEAR_ROWS, bias=False)
             nn.init.zeros_(self.tunable_linear.weight)
             self.tunable_linear.to(self.anchor_generator.level_cell_anchor(0).device)
+
+    def add_deep_prompts(self, tokens: int) -> None:
+        """Create ``tokens`` learnable text tokens per fusion step (the ``deep-prompt`` regime; kept if present).
+
+        Raises:
+            ValueError: For a tower without fusion (GLIP-T(A)), or deep prompts of another size already there.
+        """
+        steps = self.head.fusion_steps
+        if steps == 0:
+            raise ValueError("this model's head has no fusion step to prompt (early fusion is off)")
+        existing = getattr(self, "deep_prompts", None)
+        if existing is not None:
+            if existing.weight.shape[1] != tokens:
+                raise ValueError(f"the model already has {existing.weight.shape[1]} deep prompt tokens, not {tokens}")
+            return
+        self.deep_prompts = DeepPrompts(steps, tokens, self.lang_dim)
+        self.deep_prompts.to(self.anchor_generator.level_cell_anchor(0).device)
+
+    def deep_prompt_tokens(self) -> tuple[torch.Tensor, ...]:
+        """The (P, D) deep prompt of each fusion step; empty when the regime has none."""
+        prompts = getattr(self, "deep_prompts", None)
+        return () if prompts is None else prompts()
 
     def apply_prompt_offset(self, lang: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Add the per-position prompt offset to ``embedded`` and ``hidden`` (before fusion), as GLIP does.
@@ -207,7 +230,8 @@ class GLIP(nn.Module):
         else:
             features = self.encode_image(images)  # before the text: dropout draws in GLIP's order
             lang = self.encode_text(input_ids, attention_mask)
-            fused = {"state": self.rpn.head.run_tower(features, lang), "lang": lang}
+            fused = {"state": self.rpn.head.run_tower(features, lang, deep_prompts=self.rpn.deep_prompt_tokens()),
+                     "lang": lang}
         outputs = self.rpn.head.outputs(fused["state"], fused["lang"])
         anchors = self.rpn.anchor_generator([f.shape[-2:] for f in fused["state"]["visual"]])
         return outputs, anchors
@@ -227,9 +251,10 @@ class GLIP(nn.Module):
             plan["image"] = cache.fingerprint([self.backbone])
         if is_frozen(self.language_backbone):
             plan["text"] = cache.fingerprint([self.language_backbone])
-        tunable, tower = getattr(self.rpn, "tunable_linear", None), self.rpn.head.dyhead_tower
-        if plan["image"] and plan["text"] and is_frozen(tunable) and is_frozen(tower):
-            plan["tower"] = cache.fingerprint([tunable, tower])
+        prompts = [getattr(self.rpn, "tunable_linear", None), getattr(self.rpn, "deep_prompts", None)]
+        tower = self.rpn.head.dyhead_tower
+        if plan["image"] and plan["text"] and all(map(is_frozen, prompts)) and is_frozen(tower):
+            plan["tower"] = cache.fingerprint([*prompts, tower])
         return plan
 
     def _fused_features(self, cache: FeatureCache | None, images: torch.Tensor, input_ids: torch.Tensor,
@@ -261,7 +286,8 @@ class GLIP(nn.Module):
 
         def tower() -> dict[str, Any]:
             lang = text_features()
-            return {"state": self.rpn.head.run_tower(image_features(), lang), "lang": lang}
+            state = self.rpn.head.run_tower(image_features(), lang, deep_prompts=self.rpn.deep_prompt_tokens())
+            return {"state": state, "lang": lang}
 
         if plan["tower"]:
             return cache.get_or_compute("tower", [*image_key, *text_key, plan["tower"]], tower, device)
@@ -286,8 +312,8 @@ class GLIP(nn.Module):
         """
         if image_sizes is None or len(image_sizes) != images.shape[0]:
             raise ValueError("per_image_tower needs the unpadded size of every image of the batch")
-        tunable = getattr(self.rpn, "tunable_linear", None)
-        if not all(is_frozen(m) for m in (self.backbone, self.language_backbone, tunable, self.rpn.head.dyhead_tower)):
+        prompts = (getattr(self.rpn, "tunable_linear", None), getattr(self.rpn, "deep_prompts", None))
+        if not all(is_frozen(m) for m in (self.backbone, self.language_backbone, *prompts, self.rpn.head.dyhead_tower)):
             raise RuntimeError("per_image_tower needs Swin, the FPN, BERT and the tower frozen and in eval mode")
         div = self.config.input.size_divisibility
         plan = self._cache_plan(self.feature_cache, images.device)
