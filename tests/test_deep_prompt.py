@@ -8,61 +8,23 @@ detections; other backends refuse the regime in one line.
 from __future__ import annotations
 
 import dataclasses
-import random
-from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from tuning_steps import micro_backend, predict, run_micro, step
 
-from odinw_bench.cli import main
 from odinw_bench.errors import UserError
-from odinw_bench.models.glip.backend import GLIPBackend
 from odinw_bench.models.glip.config import get_preset
 from odinw_bench.models.glip.feature_cache import FeatureCache
 from odinw_bench.models.glip.fusion import DEEP_PROMPTS, VLFuse
-from odinw_bench.results.records import read_record
 from odinw_bench.training.regimes import (
     apply_regime,
     get_regime,
-    set_frozen_modules_eval,
 )
-
-NAMES = ["apple", "banana"]
-FAST = ["data.num_workers=0", "trainer.limit_train_batches=2", "data.batch_size=2", "trainer.log_every_n_steps=1"]
-
-
-def _backend(config=None) -> GLIPBackend:
-    torch.manual_seed(0)
-    backend = GLIPBackend(config or get_preset("glip-micro"))
-    backend.set_vocabulary(NAMES)
-    backend.model.rpn.post_processor.pre_nms_thresh = 0.0  # a random model's scores: keep detections to compare
-    return backend
-
-
-def _images() -> list:
-    gen = torch.Generator().manual_seed(1)
-    return [Image.fromarray((torch.rand(96, 128, 3, generator=gen) * 255).to(torch.uint8).numpy()) for _ in range(2)]
-
-
-def _predict(backend) -> list:
-    backend.eval()
-    with torch.no_grad():
-        return backend.predict(backend.preprocess(_images()))
-
-
-def _step(backend, regime) -> None:
-    backend.train()
-    set_frozen_modules_eval(backend, regime, freeze_conv_body_at=2)
-    targets = [{"boxes": [[10, 10, 60, 50]], "labels": [0]}, {"boxes": [[5, 20, 70, 90]], "labels": [1]}]
-    batch = backend.preprocess(_images(), targets, train=True, rng=random.Random(0))
-    optimizer = torch.optim.SGD([p for p in backend.parameters() if p.requires_grad], lr=0.5)
-    sum(backend.compute_losses(batch).values()).backward()
-    optimizer.step()
 
 
 def test_only_the_prompts_train_and_one_step_changes_exactly_them():
-    backend = _backend()
+    backend = micro_backend()
     regime = get_regime("deep-prompt")
     trainable = apply_regime(backend, regime, freeze_conv_body_at=2)
     assert trainable == ["model.rpn.deep_prompts.weight"]
@@ -71,7 +33,7 @@ def test_only_the_prompts_train_and_one_step_changes_exactly_them():
     weight = backend.model.rpn.deep_prompts.weight
     assert steps > 0 and weight.shape == (steps, regime.deep_prompt_tokens, backend.config.language.lang_dim)
     state = {k: v.clone() for k, v in backend.state_dict().items()}
-    _step(backend, regime)
+    step(backend, regime)
     changed = {k for k, v in backend.state_dict().items() if not torch.equal(v, state[k])}
     assert changed == set(trainable)
     # Applying the regime again (a resume, a second fit) keeps the trained prompts.
@@ -105,7 +67,7 @@ def test_the_image_attends_to_the_prompts_and_the_text_keeps_its_tokens():
 
 
 def test_trained_prompts_are_never_served_from_the_tower_cache():
-    backend = _backend()
+    backend = micro_backend()
     apply_regime(backend, get_regime("deep-prompt"), freeze_conv_body_at=2)
     backend.eval()
     cache = FeatureCache(max_bytes=1 << 26)
@@ -119,15 +81,15 @@ def test_trained_prompts_are_never_served_from_the_tower_cache():
 
 
 def test_a_saved_deep_prompt_model_reloads_with_the_same_detections():
-    source = _backend()
+    source = micro_backend()
     regime = get_regime("deep-prompt")
     apply_regime(source, regime, freeze_conv_body_at=2)
-    _step(source, regime)
-    expected = _predict(source)
-    loaded = _backend()
+    step(source, regime)
+    expected = predict(source)
+    loaded = micro_backend()
     loaded.load_state(source.model.state_dict(), source="deep_prompt_model.pth")
     assert loaded.model.rpn.deep_prompts.weight.shape == source.model.rpn.deep_prompts.weight.shape
-    for a, b in zip(expected, _predict(loaded)):
+    for a, b in zip(expected, predict(loaded)):
         assert torch.equal(a.scores, b.scores) and torch.equal(a.boxes, b.boxes)
 
 
@@ -136,16 +98,11 @@ def test_a_tower_without_fusion_refuses_deep_prompts():
     config = dataclasses.replace(micro, dyhead=dataclasses.replace(micro.dyhead, early_fuse=False,
                                                                    use_fused_dot_product=False))
     with pytest.raises(UserError, match="no fusion step"):
-        apply_regime(_backend(config), get_regime("deep-prompt"), freeze_conv_body_at=2)
+        apply_regime(micro_backend(config), get_regime("deep-prompt"), freeze_conv_body_at=2)
 
 
 def test_a_deep_prompt_run_records_its_prompts(tmp_path):
-    out = tmp_path / "out"
-    assert main(["run", "--task", "demo", "--shots", "1", "--model", "glip-micro", "--regime", "deep-prompt",
-                 "--data-root", str(tmp_path / "data"), "--output", str(out), "--no-progress",
-                 "schedule.max_epochs=1", *FAST]) == 0
-    (path,) = [p for p in Path(out).glob("runs/**/*.json") if not p.stem.endswith("_predictions")]
-    record = read_record(path)
+    record = run_micro(tmp_path, "deep-prompt")
     config = get_preset("glip-micro")
     steps = config.dyhead.num_convs  # glip-micro fuses in every block
     assert record["regime"] == "deep-prompt"

@@ -371,3 +371,29 @@ def test_zero_shot_run_with_several_seeds_is_one_request(tmp_path):
     common = ["--task", "demo", "--model", "glip-micro", "--data-root", str(tmp_path), "--seed", "3", "30", "300"]
     assert [r.seed for r in requests_from_args(parse_run_args([*common, "--shots", "0"]))] == [3]
     assert [r.seed for r in requests_from_args(parse_run_args([*common, "--shots", "1"]))] == [3, 30, 300]
+
+
+def test_a_searched_regime_is_drawn_in_its_regimes_colour_hollow_and_right_after_it():
+    from matplotlib.colors import to_hex
+
+    from odinw_bench.report.plots import efficiency_data, suite_figure
+
+    records = []
+    for task, base in (("alpha", 0.0), ("beta", 0.2)):
+        records.append(record(task, "zero-shot", 0, 3, base + 0.1))
+        for regime, searched in (("full", True), ("prompt", False), ("full", False), ("prompt", True)):
+            for i, seed in enumerate(SEEDS):
+                run = record(task, regime, 1, seed, base + 0.05 * searched + 0.1 * i)
+                records.append({**run, "run_id": run["run_id"] + "-searched", "search": {"params": ["lr"]}}
+                               if searched else run)
+    data = efficiency_data(grid.build_report(records, tasks=["alpha", "beta"], suite="duo"))
+    assert data.regimes == ["zero-shot", "prompt", "prompt+search", "full", "full+search"]
+    (ax,) = suite_figure(data, "duo").axes
+    lines = _by_label(ax)
+    for regime in ("prompt", "full"):
+        plain, searched = lines[regime], lines[f"{regime}+search"]  # one model: labelled by regime alone
+        assert to_hex(plain.get_color()) == to_hex(searched.get_color())
+        assert to_hex(searched.get_markerfacecolor()) == "#ffffff" != to_hex(plain.get_markerfacecolor())
+        assert searched.get_linestyle() == "--" and plain.get_linestyle() == "-"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "zero-shot (reference line)", "prompt", "prompt+search", "full", "full+search"]

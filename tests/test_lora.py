@@ -6,60 +6,21 @@ weights with the same detections, and run through the CLI with their trainable c
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
-
 import pytest
 import torch
-from PIL import Image
+from tuning_steps import micro_backend, predict, run_micro, step
 
-from odinw_bench.cli import main
-from odinw_bench.models.glip.backend import GLIPBackend
-from odinw_bench.results.records import read_record
 from odinw_bench.training.regimes import (
     apply_regime,
     count_parameters,
     get_regime,
-    set_frozen_modules_eval,
 )
-
-NAMES = ["apple", "banana"]
-FAST = ["data.num_workers=0", "trainer.limit_train_batches=2", "data.batch_size=2", "trainer.log_every_n_steps=1"]
-
-
-def _backend() -> GLIPBackend:
-    torch.manual_seed(0)
-    backend = GLIPBackend.from_preset("glip-micro")
-    backend.set_vocabulary(NAMES)
-    backend.model.rpn.post_processor.pre_nms_thresh = 0.0  # a random model's scores: keep detections to compare
-    return backend
-
-
-def _images() -> list:
-    gen = torch.Generator().manual_seed(1)
-    return [Image.fromarray((torch.rand(96, 128, 3, generator=gen) * 255).to(torch.uint8).numpy()) for _ in range(2)]
-
-
-def _predict(backend) -> list:
-    backend.eval()
-    with torch.no_grad():
-        return backend.predict(backend.preprocess(_images()))
-
-
-def _step(backend, regime) -> None:
-    backend.train()
-    set_frozen_modules_eval(backend, regime, freeze_conv_body_at=2)
-    targets = [{"boxes": [[10, 10, 60, 50]], "labels": [0]}, {"boxes": [[5, 20, 70, 90]], "labels": [1]}]
-    batch = backend.preprocess(_images(), targets, train=True, rng=random.Random(0))
-    optimizer = torch.optim.SGD([p for p in backend.parameters() if p.requires_grad], lr=0.5)
-    sum(backend.compute_losses(batch).values()).backward()
-    optimizer.step()
 
 
 @pytest.mark.parametrize(("regime_name", "groups"), [("lora", ("language", "tower")), ("lora-language", ("language",))])
 def test_only_the_adapters_train_and_they_start_at_zero(regime_name, groups):
-    backend = _backend()
-    before = _predict(backend)
+    backend = micro_backend()
+    before = predict(backend)
     regime = get_regime(regime_name)
     trainable = apply_regime(backend, regime, freeze_conv_body_at=2)
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
@@ -67,14 +28,14 @@ def test_only_the_adapters_train_and_they_start_at_zero(regime_name, groups):
     owners = {g for g, names in backend.parameter_groups().items() for n in names if n.startswith(tuple(adapted))}
     assert owners - {"lora"} == set(groups)  # the adapted layers' own weights sit in exactly the regime's groups
     assert count_parameters(backend)[0] < count_parameters(backend)[1] // 10
-    after = _predict(backend)
+    after = predict(backend)
     assert all(torch.equal(a.scores, b.scores) and torch.equal(a.boxes, b.boxes) for a, b in zip(before, after))
     state = {k: v.clone() for k, v in backend.state_dict().items()}
-    _step(backend, regime)
+    step(backend, regime)
     changed = {k for k, v in backend.state_dict().items() if not torch.equal(v, state[k])}
     # The first step moves the zero-initialised lora_B only (lora_A's gradient is B^T...); the second moves both.
     assert changed == {n for n in trainable if ".lora_B." in n}
-    _step(backend, regime)
+    step(backend, regime)
     changed = {k for k, v in backend.state_dict().items() if not torch.equal(v, state[k])}
     assert changed == set(trainable)
 
@@ -82,17 +43,17 @@ def test_only_the_adapters_train_and_they_start_at_zero(regime_name, groups):
 def test_merged_adapters_give_the_same_detections():
     from peft.tuners.lora import LoraLayer
 
-    backend = _backend()
+    backend = micro_backend()
     regime = get_regime("lora")
     apply_regime(backend, regime, freeze_conv_body_at=2)
     for _ in range(2):
-        _step(backend, regime)
-    unmerged = _predict(backend)
+        step(backend, regime)
+    unmerged = predict(backend)
     layers = [m for m in backend.modules() if isinstance(m, LoraLayer)]
     assert layers
     for layer in layers:
         layer.merge()
-    merged = _predict(backend)
+    merged = predict(backend)
     assert sum(len(d.scores) for d in merged) > 0
     for a, b in zip(unmerged, merged):
         assert torch.equal(a.labels, b.labels)
@@ -101,12 +62,7 @@ def test_merged_adapters_give_the_same_detections():
 
 
 def test_a_lora_run_records_its_adapters(tmp_path):
-    out = tmp_path / "out"
-    assert main(["run", "--task", "demo", "--shots", "1", "--model", "glip-micro", "--regime", "lora",
-                 "--data-root", str(tmp_path / "data"), "--output", str(out), "--no-progress",
-                 "schedule.max_epochs=1", *FAST]) == 0
-    (path,) = [p for p in Path(out).glob("runs/**/*.json") if not p.stem.endswith("_predictions")]
-    record = read_record(path)
+    record = run_micro(tmp_path, "lora")
     assert record["regime"] == "lora" and 0 < record["params"]["trainable"] < record["params"]["total"] // 10
     assert "LoRA" in record["protocol_differences"][0]
 

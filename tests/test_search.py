@@ -77,3 +77,30 @@ def test_zero_shot_has_nothing_to_search(tmp_path, capsys):
     assert main(["run", "--task", "demo", "--shots", "0", "--model", "glip-micro", "--search", "lr",
                  "--output", str(tmp_path / "out")]) == 2
     assert "nothing to search" in capsys.readouterr().err
+
+
+def test_a_sweep_searches_weight_decay_for_the_parameter_efficient_regimes(tmp_path):
+    """glip-micro through ``sweep``: each cell runs its weight-decay trials (x1, x0), then the final run; a rerun of
+    the sweep finds every cell done without running a trial again."""
+    out = tmp_path / "out"
+    argv = ["sweep", "--tasks", "demo", "--shots", "1", "--seeds", "3", "--regimes", "lora,deep-prompt",
+            "--models", "glip-micro", "--data-root", str(tmp_path / "data"), "--output", str(out), "--no-progress",
+            "--search", "wd", "--search-epochs", "1", "schedule.max_epochs=1", "trainer.limit_train_batches=2",
+            "data.batch_size=2", "data.num_workers=0"]
+    assert main(argv) == 0
+    records = {r["regime"]: r for r in _records(out)}
+    assert set(records) == {"lora", "deep-prompt"}
+    for regime, record in records.items():
+        search = record["search"]
+        wds = [t["weight_decay"] for t in search["trials"]]
+        assert wds[1] == 0 and wds[0] > 0 and len(wds) == 2  # x1 then x0; no lr grid, no refinement
+        assert len({t["lr"] for t in search["trials"]}) == 1
+        assert search["chosen_val_AP"] == max(t["val_AP"] for t in search["trials"])
+        # The run's identity names the search, not the value it found (a sweep knows the id before searching).
+        assert record["config"]["resolved"]["optim"]["weight_decay"] == "searched"
+        assert 0 < record["params"]["trainable"] < record["params"]["total"] // 10
+    with open(out / "leaderboard.csv", newline="") as handle:
+        assert sorted(row["regime"] for row in csv.DictReader(handle)) == ["deep-prompt+search", "lora+search"]
+    before = {p: p.stat().st_mtime_ns for p in (out / "search").rglob("*.json")}
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "search").rglob("*.json")} == before

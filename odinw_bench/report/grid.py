@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from odinw_bench.errors import UserError
-from odinw_bench.results.leaderboard import leaderboard_row
+from odinw_bench.results.leaderboard import SEARCHED_SUFFIX, leaderboard_row
 
 logger = logging.getLogger(__name__)
 
@@ -348,9 +348,14 @@ def _join(items: Iterable[Any]) -> str:
 def row_order(row: tuple) -> tuple:
     """Sort key of a (model, regime, shots) row: model, regimes in protocol order, shots numerically then 'all'."""
     model, regime, shots = row
-    regime_rank = REGIME_ORDER.index(regime) if regime in REGIME_ORDER else len(REGIME_ORDER)
     shots_rank = (0, int(shots), "") if str(shots).isdigit() else (1, 0, str(shots))
-    return (model, regime_rank, regime, shots_rank)
+    return (model, regime_rank(regime), shots_rank)
+
+
+def regime_rank(regime: str) -> tuple:
+    """Sort key of a regime label: protocol order, a searched one (``prompt+search``) right after its regime."""
+    base = regime.removesuffix(SEARCHED_SUFFIX)
+    return (REGIME_ORDER.index(base) if base in REGIME_ORDER else len(REGIME_ORDER), base, base != regime)
 
 
 def row_label(row: tuple) -> str:

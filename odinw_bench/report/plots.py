@@ -31,7 +31,8 @@ from typing import Any
 
 from odinw_bench.atomic import atomic_write
 from odinw_bench.report.formats import path_namer
-from odinw_bench.report.grid import REGIME_ORDER, SCALE, ZERO_SHOT, Report
+from odinw_bench.report.grid import SCALE, ZERO_SHOT, Report, regime_rank
+from odinw_bench.results.leaderboard import SEARCHED_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class EfficiencyData:
     def regimes(self) -> list[str]:
         """Regimes in protocol order."""
         found = {s.regime for lines in self.panels.values() for s in lines}
-        return sorted(found, key=lambda r: (REGIME_ORDER.index(r) if r in REGIME_ORDER else len(REGIME_ORDER), r))
+        return sorted(found, key=regime_rank)
 
 
 def _shots_key(shots: str) -> tuple:
@@ -121,7 +122,9 @@ def efficiency_data(rep: Report) -> EfficiencyData:
 
 
 def regime_color(regime: str, regimes: list[str]) -> str:
-    """The colour of ``regime``: its own in :data:`REGIME_COLORS`, else a spare one by its place in ``regimes``."""
+    """The colour of ``regime``: its own in :data:`REGIME_COLORS` (a searched one, ``prompt+search``, its
+    regime's), else a spare one by its place in ``regimes``."""
+    regime = regime.removesuffix(SEARCHED_SUFFIX) if regime.removesuffix(SEARCHED_SUFFIX) in REGIME_COLORS else regime
     if regime in REGIME_COLORS:
         return REGIME_COLORS[regime]
     others = [r for r in regimes if r not in REGIME_COLORS]
@@ -131,6 +134,14 @@ def regime_color(regime: str, regimes: list[str]) -> str:
 def model_style(model: str, models: list[str]) -> tuple[Any, str]:
     """(line style, marker) of ``model``, by its place in ``models``."""
     return MODEL_STYLES[models.index(model) % len(MODEL_STYLES)] if model in models else MODEL_STYLES[0]
+
+
+def searched_style(regime: str, models: list[str]) -> dict[str, Any]:
+    """Extra line settings of a searched regime (``prompt+search``): hollow markers, and with one model a dashed
+    line; it shares its regime's colour. Empty for other regimes."""
+    if not regime.endswith(SEARCHED_SUFFIX):
+        return {}
+    return {"markerfacecolor": "white", **({"linestyle": "--"} if len(models) <= 1 else {})}
 
 
 def _draw(ax: Any, data: EfficiencyData, lines: list[Series], title: str, ylabel: str | None) -> None:
@@ -146,7 +157,8 @@ def _draw(ax: Any, data: EfficiencyData, lines: list[Series], title: str, ylabel
         idx = [i for i, v in enumerate(line.mean) if not math.isnan(v)]
         if not idx:
             continue
-        ax.plot(idx, [line.mean[i] for i in idx], color=color, linestyle=style, marker=marker, label=line.label)
+        ax.plot(idx, [line.mean[i] for i in idx], label=line.label,
+                **{"color": color, "linestyle": style, "marker": marker, **searched_style(line.regime, models)})
         band = [i for i in idx if not math.isnan(line.std[i])]
         if len(band) == 1:  # a lone point has no width for a band: an error bar instead
             i = band[0]
@@ -172,7 +184,9 @@ def legend_handles(data: EfficiencyData) -> list[Any]:
 
     models = data.models
     handles = [Line2D([], [], color=regime_color(r, data.regimes), linewidth=2,
-                      label=f"{r} (reference line)" if r == ZERO_SHOT else r) for r in data.regimes]  # fmt: skip
+                      label=f"{r} (reference line)" if r == ZERO_SHOT else r,
+                      **({"marker": "o", **searched_style(r, [])} if r.endswith(SEARCHED_SUFFIX) else {}))
+               for r in data.regimes]  # fmt: skip
     if len(models) > 1:
         for model in models:
             style, marker = model_style(model, models)
@@ -195,7 +209,11 @@ def suite_figure(data: EfficiencyData, suite: str) -> Any:
     ax = fig.add_subplot(1, 1, 1)
     _draw(ax, data, data.panels.get(suite, []), f"{suite}: {data.metric} vs shots (mean ± std over seeds)",
           f"{data.metric} (x{SCALE:g})")  # fmt: skip
-    ax.legend(handles=legend_handles(data), fontsize=8, loc="best")
+    handles = legend_handles(data)
+    if len(handles) > 6:  # a long legend would hide lines: beside the panel (the PNG is cropped to fit it)
+        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(handles=handles, fontsize=8, loc="best")
     return fig
 
 
