@@ -425,3 +425,19 @@ def test_zoo_names_files_and_refuses_micro():
         zoo_entry("glip-micro")
     with pytest.raises(UserError, match="did you mean 'glip-l'"):
         zoo_entry("glip-ll")
+
+
+def test_a_runs_lightning_checkpoint_reads_as_glip_weights_and_a_resume_one_is_refused(tmp_path):
+    weights = {"backend.model.rpn.deep_prompts.weight": torch.ones(2, 8, 4), "backend.model.backbone.x": torch.zeros(3)}
+    best = {"pytorch-lightning_version": "2.6.0", "epoch": 3, "hyper_parameters": {"regime": "deep-prompt"},
+            "state_dict": weights}
+    torch.save(best, tmp_path / "model_best.ckpt")
+    state = read_checkpoint(tmp_path / "model_best.ckpt")
+    assert set(state) == {"rpn.deep_prompts.weight", "backbone.x"}  # GLIP's own names
+    torch.save({**best, "odinw_frozen_parameters": {"names": ["backend.model.backbone.x"], "sha": "0"}},
+               tmp_path / "last.ckpt")
+    with pytest.raises(UserError, match="resume checkpoint"):
+        read_checkpoint(tmp_path / "last.ckpt")
+    torch.save({**best, "state_dict": {"other.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(UserError, match="no GLIP weights"):
+        read_checkpoint(tmp_path / "other.ckpt")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from tuning_steps import micro_backend, predict, run_micro, step
 
+from odinw_bench.cli import main
 from odinw_bench.training.regimes import (
     apply_regime,
     count_parameters,
@@ -84,3 +85,13 @@ def test_other_backends_take_lora_through_the_same_regime(tmp_path):
         assert owners and owners <= {"language", "fusion"}
     assert "fusion" in {g for g, names in gdino.parameter_groups().items()
                         for n in names if ".base_layer." in n}  # Grounding DINO's fusion is adapted too
+
+
+def test_a_lora_runs_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+    record = run_micro(tmp_path, "lora")
+    best = tmp_path / "out" / "checkpoints" / record["run_id"] / "model_best.ckpt"
+    assert main(["run", "--task", "demo", "--shots", "0", "--model", "glip-micro", "--checkpoint", str(best),
+                 "--data-root", str(tmp_path / "data"), "--output", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "LoRA adapters" in err[0] and "model_best.ckpt" in err[0]
+    assert not (tmp_path / "again" / "runs").exists()
