@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from tuning_steps import micro_backend, predict, run_micro, step
+from tuning_steps import micro_backend, predict, run_micro, step, tune_then_reload
 
 from odinw_bench.cli import main
 from odinw_bench.errors import UserError
@@ -128,19 +128,13 @@ def test_other_backends_refuse_deep_prompts_in_one_line(tmp_path):
 def test_a_deep_prompt_runs_best_checkpoint_reevaluates_to_the_same_detections(tmp_path):
     """``--checkpoint <run>/model_best.ckpt`` loads the fine-tuned glip-nano, deep prompts included: evaluated on the
     test split it predicts exactly what the run predicted there."""
-    common = ["--task", "demo_pantry", "--model", "glip-nano", "--data-root", str(tmp_path / "data"), "--no-progress"]
-    assert main(["run", *common, "--shots", "1", "--regime", "deep-prompt", "--output", str(tmp_path / "tuned"),
-                 "schedule.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=2", "data.num_workers=0"]) == 0
-    (tuned,) = [p for p in (tmp_path / "tuned").glob("runs/**/*.json") if not p.stem.endswith("_predictions")]
-    best = tmp_path / "tuned" / "checkpoints" / read_record(tuned)["run_id"] / "model_best.ckpt"
-    assert main(["run", *common, "--shots", "0", "--checkpoint", str(best), "--split", "test",
-                 "--output", str(tmp_path / "again")]) == 0
-    (again,) = [p for p in (tmp_path / "again").glob("runs/**/*.json") if not p.stem.endswith("_predictions")]
+    tuned, again = tune_then_reload(tmp_path, "deep-prompt")
     predictions = [json.loads(p.with_name(p.stem + "_predictions.json").read_text()) for p in (tuned, again)]
     assert predictions[0] and predictions[0] == predictions[1]
     assert read_record(again)["metrics"]["AP"] == read_record(tuned)["metrics"]["AP"]
     # Without its deep prompts the model predicts otherwise: the checkpoint did carry them.
     zero = tmp_path / "zero"
-    assert main(["run", *common, "--shots", "0", "--split", "test", "--output", str(zero)]) == 0
+    assert main(["run", "--task", "demo_pantry", "--model", "glip-nano", "--data-root", str(tmp_path / "data"),
+                 "--no-progress", "--shots", "0", "--split", "test", "--output", str(zero)]) == 0
     (plain,) = [p for p in zero.glob("runs/**/*_predictions.json")]
     assert json.loads(plain.read_text()) != predictions[1]

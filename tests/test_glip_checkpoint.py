@@ -441,3 +441,28 @@ def test_a_runs_lightning_checkpoint_reads_as_glip_weights_and_a_resume_one_is_r
     torch.save({**best, "state_dict": {"other.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
     with pytest.raises(UserError, match="no GLIP weights"):
         read_checkpoint(tmp_path / "other.ckpt")
+
+
+def test_lora_adapters_of_a_run_merge_as_peft_merges_them(tmp_path):
+    from odinw_bench.models.glip.run_checkpoint import merge_lora
+
+    gen = torch.Generator().manual_seed(0)
+    base, bias = torch.randn(6, 4, generator=gen), torch.randn(6, generator=gen)
+    down, up = torch.randn(2, 4, generator=gen), torch.randn(6, 2, generator=gen)
+    layer = "language_backbone.body.model.encoder.layer.0.attention.self.query"
+    weights = {f"backend.model.{layer}.base_layer.weight": base, f"backend.model.{layer}.base_layer.bias": bias,
+               f"backend.model.{layer}.lora_A.default.weight": down, f"backend.model.{layer}.lora_B.default.weight": up,
+               "backend.model.rpn.head.bias0": torch.zeros(1)}
+    run = {"pytorch-lightning_version": "2.6.0", "hyper_parameters": {"regime": "lora", "lora_scaling": 2.0},
+           "state_dict": weights}
+    torch.save(run, tmp_path / "model_best.ckpt")
+    state = read_checkpoint(tmp_path / "model_best.ckpt")
+    assert set(state) == {f"{layer}.weight", f"{layer}.bias", "rpn.head.bias0"}
+    torch.testing.assert_close(state[f"{layer}.weight"], base + 2.0 * up @ down)
+    x = torch.randn(3, 4, generator=gen)  # what the adapted layer computes: base(x) + scaling * B(A(x))
+    torch.testing.assert_close(x @ state[f"{layer}.weight"].T + state[f"{layer}.bias"],
+                               x @ base.T + bias + 2.0 * (x @ down.T) @ up.T)
+    assert merge_lora({}, 2.0) == {}
+    torch.save({**run, "hyper_parameters": {"regime": "lora"}}, tmp_path / "older.ckpt")
+    with pytest.raises(UserError, match="does not say their scaling"):
+        read_checkpoint(tmp_path / "older.ckpt")

@@ -60,3 +60,20 @@ def run_micro(tmp_path: Path, regime: str) -> dict:
                  "trainer.log_every_n_steps=1"]) == 0
     (path,) = [p for p in out.glob("runs/**/*.json") if not p.stem.endswith("_predictions")]
     return read_record(path)
+
+
+def tune_then_reload(tmp_path: Path, regime: str) -> tuple[Path, Path]:
+    """Fine-tune glip-nano on demo_pantry (1 shot, one short epoch), then evaluate its ``model_best.ckpt`` through
+    ``--checkpoint`` on the test split; returns both records' paths (predictions beside them)."""
+    from odinw_bench.cli import main
+    from odinw_bench.results.records import read_record
+
+    common = ["--task", "demo_pantry", "--model", "glip-nano", "--data-root", str(tmp_path / "data"), "--no-progress"]
+    assert main(["run", *common, "--shots", "1", "--regime", regime, "--output", str(tmp_path / "tuned"),
+                 "schedule.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=2", "data.num_workers=0"]) == 0
+    (tuned,) = [p for p in (tmp_path / "tuned").glob("runs/**/*.json") if not p.stem.endswith("_predictions")]
+    best = tmp_path / "tuned" / "checkpoints" / read_record(tuned)["run_id"] / "model_best.ckpt"
+    assert main(["run", *common, "--shots", "0", "--checkpoint", str(best), "--split", "test",
+                 "--output", str(tmp_path / "again")]) == 0
+    (again,) = [p for p in (tmp_path / "again").glob("runs/**/*.json") if not p.stem.endswith("_predictions")]
+    return tuned, again

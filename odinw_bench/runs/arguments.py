@@ -86,7 +86,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--model", default=None, help="preset: glip-t (default), glip-t-a/b/c, glip-l, glip-nano "
                        "(pre-trained here, shipped), glip-micro (random weights)")
     model.add_argument("--checkpoint", default=None, help="local .pth or .safetensors checkpoint, or a "
-                       "fine-tuning run's model_best.ckpt")
+                       "fine-tuning run's model_best.ckpt (LoRA adapters merged)")
     model.add_argument("--config", default=None, help="official GLIP YAML config (instead of --model)")
     model.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a .pth file")
     parser.add_argument("--data-root", default=None, help="ODinW folder (default: $ODINW_ROOT or DATASET/odinw)")

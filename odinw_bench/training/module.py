@@ -78,6 +78,8 @@ class DetectionModule(SlimStateMixin, pl.LightningModule):
         self.hparams["regime"] = self.regime.name
         self.hparams["category_ids"] = [int(c) for c in category_ids]
         self.hparams["optim"], self.hparams["schedule"] = dict(optim), dict(schedule)
+        if self.regime.lora_groups:  # lets model_best.ckpt be merged into plain weights (models/glip/run_checkpoint)
+            self.hparams["lora_scaling"] = self.regime.lora_alpha / self.regime.lora_rank
         self.backend = backend
         self.category_ids = list(self.hparams["category_ids"])
         self.trainable_names = apply_regime(backend, self.regime, freeze_conv_body_at=freeze_conv_body_at)

@@ -30,9 +30,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DDP_PREFIX = "module."
-#: A key of every Lightning checkpoint, and where a fine-tuning run's checkpoint keeps GLIP's weights.
+#: A key of every Lightning checkpoint (a fine-tuning run's ``model_best.ckpt``).
 RUN_CHECKPOINT_MARK = "pytorch-lightning_version"
-RUN_MODEL_PREFIX = "backend.model."
 
 # Keys the official loader leaves at their init without harm, with the reason reported for each.
 # Missing in the file: recomputed buffers, and the prompt-tuning layer that starts at zero.
@@ -87,31 +86,13 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, torch.Te
         if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
             state = loaded["model"]
         elif isinstance(loaded, Mapping) and RUN_CHECKPOINT_MARK in loaded:
-            state = _run_checkpoint_state(loaded, path)
+            from odinw_bench.models.glip.run_checkpoint import run_checkpoint_state
+
+            state = run_checkpoint_state(loaded, path)
         else:
             state = loaded
         state = _as_state_dict(state, path)
     return strip_ddp_prefix(state)
-
-
-def _run_checkpoint_state(loaded: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """GLIP's weights in a fine-tuning run's ``model_best.ckpt`` (Lightning's file; the module holds the backend as
-    ``backend`` and GLIP as its ``model``), under GLIP's own names.
-
-    Raises:
-        UserError: A resume checkpoint (``last.ckpt`` names its frozen weights without holding them), LoRA adapters
-            (their scaling is regime data, not in the file), or no GLIP weight in it.
-    """
-    if "odinw_frozen_parameters" in loaded:  # training.slim_state.FROZEN_KEY
-        raise UserError("a resume checkpoint holds only the trained weights: give the run's model_best.ckpt", path=path)
-    state = {key[len(RUN_MODEL_PREFIX):]: value for key, value in (loaded.get("state_dict") or {}).items()
-             if key.startswith(RUN_MODEL_PREFIX)}
-    if any(".lora_" in key for key in state):
-        raise UserError("the run trained LoRA adapters, which load only into a model of the same regime; "
-                        "evaluate them with the run itself", path=path)
-    if not state:
-        raise UserError(f"no GLIP weights under '{RUN_MODEL_PREFIX}' in this Lightning checkpoint", path=path)
-    return state
 
 
 def strip_ddp_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
